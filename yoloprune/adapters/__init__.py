@@ -1,0 +1,50 @@
+"""Family adapters: recognise a model's family from its classes and describe what the graph needs to know.
+
+Each adapter module exposes ``matches(model) -> bool`` and ``target(model, prune_head) -> Target``. Adapters import
+their upstream package lazily; the graph never imports an adapter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..graph.registry import Policy
+
+FAMILIES = ("ultralytics",)
+
+
+@dataclass
+class Target:
+    """What to prune and how: the module, which outputs stay intact, module policies and default protections."""
+
+    family: str
+    module: nn.Module
+    outputs: Callable[[Any], Any] | None = None
+    policies: Mapping[Any, Policy] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
+
+
+def _adapter(name: str) -> Any:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def resolve(model: Any, family: str | None = None, prune_head: bool = False) -> Target:
+    """The ``Target`` for ``model``: its family's adapter when one recognises it, a plain module otherwise."""
+    if family is not None:
+        if family == "generic":
+            return Target("generic", model)
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; choose one of {', '.join((*FAMILIES, 'generic'))}")
+        return _adapter(family).target(model, prune_head)
+    for name in FAMILIES:
+        adapter = _adapter(name)
+        if adapter.matches(model):
+            return adapter.target(model, prune_head)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    return Target("generic", model)

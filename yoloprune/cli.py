@@ -1,0 +1,96 @@
+"""The ``yoloprune`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from .graph import PruneError, TraceError
+
+USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .adapters import resolve
+    from .graph import build
+    from .models import example_input, load
+
+    model, family = load(args.model, args.family)
+    target = resolve(model, family=family, prune_head=args.prune_head)
+    start = time.perf_counter()
+    graph = build(
+        target.module,
+        example_input(args.imgsz),
+        outputs=target.outputs,
+        ignore=tuple(target.ignore) + tuple(args.ignore),
+        policies=target.policies,
+    )
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "family": target.family,
+                    "imgsz": args.imgsz,
+                    "seconds": round(seconds, 3),
+                    **graph.to_dict(),
+                },
+                indent=1,
+            )
+        )
+        return 0
+    s = graph.summary()
+    print(
+        f"{args.model} ({target.family}, {args.imgsz}x{args.imgsz}, {s['ops']} ops traced in {seconds:.2f} s): "
+        f"{s['groups']} groups, {s['prunable_groups']} prunable; "
+        f"{s['channels']} channels, {s['prunable_channels']} prunable"
+    )
+    print(f"{'id':>4} {'ch':>5}  {'state':<10} members")
+    for g in graph.groups:
+        state = "prunable" if g.prunable else "frozen"
+        if g.tie is not None:
+            state += f" tie{g.tie}"
+        members = g.members
+        shown = ", ".join(members[:3]) + (f", +{len(members) - 3} more" if len(members) > 3 else "")
+        print(f"{g.id:>4} {g.channels:>5}  {state:<10} {shown}")
+        if g.frozen:
+            print(f"{'':>12}why: {g.frozen}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yoloprune", description="Prune YOLO detectors physically and exactly.")
+    parser.add_argument("--version", action="version", version=f"yoloprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="list a model's coupled channel groups (members, size, frozen and why)")
+    p.add_argument("model", help="model config (e.g. yolov8n.yaml)")
+    p.add_argument("--imgsz", type=int, default=640, help="input size to trace at (default 640)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
+    p.add_argument("--prune-head", action="store_true", help="let the detection head's inner layers be pruned")
+    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"yoloprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
