@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from .adapters import resolve
 from .counting import count_macs, count_params
 from .graph import Graph, build
 from .graph.check import max_relative_difference, zero_producers
+from .graph.registry import Policy
 from .graph.smoke import smoke_test
 from .graph.surgery import PruneError, Removal, Snapshot, remove_channels
 from .importance import CRITERIA, channel_scores
@@ -90,6 +91,7 @@ def prune(
     *,
     prune_head: bool = False,
     family: str | None = None,
+    policies: Mapping[Any, Policy] | None = None,
     verify: bool = False,
     tolerance: float = 1e-4,
 ) -> PruneReport:
@@ -97,9 +99,10 @@ def prune(
 
     The model's family (ultralytics, YOLOv5, YOLOv7, YOLOX, or any other ``nn.Module``) is recognised from its
     classes; its detection outputs, and the head unless ``prune_head``, keep their channels. ``ignore`` holds
-    module-name globs whose channels are kept. The pruned model's forward is checked before returning; with
-    ``verify`` the exactness property is checked on ``example_inputs`` too (outputs equal to the unpruned model's
-    with the removed channels' producers zeroed, within ``tolerance``).
+    module-name globs whose channels are kept. ``policies`` adds ``Policy`` entries (class or class name -> policy)
+    for custom blocks whose forward splits channels with stored sizes. The pruned model's forward is checked before
+    returning; with ``verify`` the exactness property is checked on ``example_inputs`` too (outputs equal to the
+    unpruned model's with the removed channels' producers zeroed, within ``tolerance``).
     """
     start = time.perf_counter()
     if not 0.0 < ratio < 1.0:
@@ -109,13 +112,14 @@ def prune(
     target = resolve(model, family=family, prune_head=prune_head)
     net = target.module
     ignore = tuple(target.ignore) + tuple(ignore)
+    policies = {**target.policies, **(policies or {})}
     macs_before, params_before = count_macs(net, example_inputs), count_params(net)
     reference = copy.deepcopy(net) if verify else None
     notes: list[str] = []
     frozen_io: set[str] = set()
     for _ in range(MAX_ATTEMPTS):
         graph = build(
-            net, example_inputs, outputs=target.outputs, ignore=ignore, policies=target.policies, frozen_io=frozen_io
+            net, example_inputs, outputs=target.outputs, ignore=ignore, policies=policies, frozen_io=frozen_io
         )
         removed = select(graph, channel_scores(net, graph, importance, seed), ratio)
         if not removed.any():
@@ -124,7 +128,7 @@ def prune(
                 f"prunable groups (of {len(graph.groups)}); raise the ratio or loosen ignore"
             )
         snapshot = Snapshot(net)
-        removal = remove_channels(net, graph, removed, target.policies)
+        removal = remove_channels(net, graph, removed, policies)
         failure = smoke_test(net, example_inputs, meta=graph.trace.device == "meta")
         if failure is None:
             break
