@@ -31,7 +31,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def prune_exact(model: nn.Module, x: Any, ratio: float = 0.5, outputs=None, **kwargs) -> yoloprune.PruneReport:  # noqa: ANN001
+def prune_exact(model: nn.Module, x: Any, ratio: float = 0.5, outputs=None, **kwargs) -> yoloprune.PruneReport:
     """Prune ``model`` in place and assert the exactness property and that MACs and params went down."""
     reference = copy.deepcopy(model)
     report = yoloprune.prune(model, x, ratio=ratio, **kwargs)

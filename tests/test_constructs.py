@@ -56,7 +56,7 @@ class Residual(nn.Module):
 def test_residual_add_couples_all_branches():
     m = randomize(Residual())
     g = build(m, X)
-    coupled = [grp for grp in g.groups if "stem.0.weight:out[all 16]" in grp.members][0]
+    coupled = next(grp for grp in g.groups if "stem.0.weight:out[all 16]" in grp.members)
     assert {"r1.0.weight:out[all 16]", "r2.0.weight:out[all 16]", "head.weight:in[all 16]"} <= set(coupled.members)
     prune_exact(m, X, ratio=0.25)
     assert m.stem[0].out_channels == m.r1[0].out_channels == m.r2[0].out_channels == 12
@@ -319,7 +319,7 @@ class Tokens(nn.Module):
 
     def forward(self, x):
         y = self.f(x)
-        b, c, h, w = y.shape
+        b, _c, h, w = y.shape
         t = self.mix(y.flatten(2).transpose(1, 2))
         return self.head(t.permute(0, 2, 1).reshape(b, -1, h, w))
 
@@ -370,11 +370,16 @@ class Heads(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.f, self.qkv, self.proj, self.head = cbs(3, 16), nn.Conv2d(16, 48, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)
+        self.f, self.qkv, self.proj, self.head = (
+            cbs(3, 16),
+            nn.Conv2d(16, 48, 1),
+            nn.Conv2d(16, 16, 1),
+            nn.Conv2d(16, 4, 1),
+        )
 
     def forward(self, x):
         y = self.f(x)
-        b, c, h, w = y.shape
+        b, _c, h, w = y.shape
         q, k, v = self.qkv(y).view(b, 2, 24, h * w).split([8, 8, 8], dim=2)
         attn = (q.transpose(-2, -1) @ k).softmax(-1)
         out = (v @ attn.transpose(-2, -1)).view(b, 16, h, w)

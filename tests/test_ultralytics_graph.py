@@ -18,7 +18,7 @@ def build(cfg: str) -> DetectionModel:
     return randomize(DetectionModel(cfg, verbose=False))
 
 
-def out_channels(model, *names):  # noqa: ANN001, ANN002
+def out_channels(model, *names):
     return tuple(model.get_submodule(n).out_channels for n in names)
 
 

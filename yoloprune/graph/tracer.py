@@ -254,7 +254,7 @@ class Tracer(TorchFunctionMode):
             vec = self.slots.new(t.shape[dim]) if labels is None else np.array(labels, dtype=np.int64).reshape(-1)
             module = name.rsplit(".", 1)[0] if "." in name else ""
             self.members[key] = Member(name, dim, vec, role, module, id(t) in self.buffer_ids)
-            if self.ignored(module) and role in ("out", "channel"):
+            if labels is None and role == "out" and self.ignored(module):  # ignore keeps the channels it produces
                 self.freeze(vec, f"module {module} is ignored")
             return vec
         if labels is not None:
