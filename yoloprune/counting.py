@@ -1,14 +1,12 @@
-"""MACs and parameter counts, from torch's own FLOP counter run on a meta copy (no weights, no real compute)."""
+"""MACs and parameter counts: one counter shared by prune, bench and sweep (see ``yoloprune.graph.macs``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from .graph.tracer import _as_call_args, _map_tensors, meta_copy
+from .graph.smoke import smoke_test
 
 
 def count_params(model: nn.Module) -> int:
@@ -17,21 +15,11 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass in eval mode (convolutions, linear layers, matmuls)."""
-    try:
-        copy_ = meta_copy(model).eval()
-        inputs = _map_tensors(example_inputs, lambda t: torch.empty_like(t, device="meta"))
-        return _macs(copy_, inputs)
-    except Exception:
-        training = model.training
-        try:
-            return _macs(model.eval(), example_inputs)
-        finally:
-            model.train(training)
-
-
-def _macs(model: nn.Module, inputs: Any) -> int:
-    args, kwargs = _as_call_args(inputs)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(*args, **kwargs)
-    return int(counter.get_total_flops()) // 2
+    """Multiply-accumulates of one eval-mode forward pass (convolutions, linear layers, matmuls), counted on a meta
+    copy of the model, or on the model itself when its forward needs real values."""
+    result = smoke_test(model, example_inputs, meta=True)
+    if result.failed:
+        result = smoke_test(model, example_inputs, meta=False)
+    if result.failed:
+        raise ValueError(f"the model cannot run on the example inputs: {result.error}")
+    return result.macs

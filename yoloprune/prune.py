@@ -12,7 +12,7 @@ import numpy as np
 from torch import nn
 
 from .adapters import resolve
-from .counting import count_macs, count_params
+from .counting import count_params
 from .graph import Graph, build
 from .graph.check import max_relative_difference, zero_producers
 from .graph.registry import Policy
@@ -113,7 +113,7 @@ def prune(
     net = target.module
     ignore = tuple(target.ignore) + tuple(ignore)
     policies = {**target.policies, **(policies or {})}
-    macs_before, params_before = count_macs(net, example_inputs), count_params(net)
+    params_before = count_params(net)
     reference = copy.deepcopy(net) if verify else None
     notes: list[str] = []
     frozen_io: set[str] = set()
@@ -129,20 +129,20 @@ def prune(
             )
         snapshot = Snapshot(net)
         removal = remove_channels(net, graph, removed, policies)
-        failure = smoke_test(net, example_inputs, meta=graph.trace.device == "meta")
-        if failure is None:
+        smoke = smoke_test(net, example_inputs, meta=graph.trace.device == "meta")
+        if not smoke.failed:
             break
         snapshot.restore()
-        if failure.module in frozen_io or not failure.module:
-            raise PruneError(f"the pruned model fails in {failure.module or '<root>'}: {failure.error}")
-        frozen_io.add(failure.module)
-        notes.append(f"kept the channels around {failure.module}: its forward failed after pruning ({failure.error})")
+        if smoke.module in frozen_io or not smoke.module:
+            raise PruneError(f"the pruned model fails in {smoke.module or '<root>'}: {smoke.error}")
+        frozen_io.add(smoke.module)
+        notes.append(f"kept the channels around {smoke.module}: its forward failed after pruning ({smoke.error})")
     else:
         raise PruneError(f"the pruned model still fails after freezing {sorted(frozen_io)}")
     report = PruneReport(
         removed=removal.modules,
-        macs_before=macs_before,
-        macs_after=count_macs(net, example_inputs),
+        macs_before=graph.trace.macs,
+        macs_after=smoke.macs,
         params_before=params_before,
         params_after=count_params(net),
         groups_pruned=len({int(graph.comp_group[c]) for c in np.flatnonzero(removed)}),

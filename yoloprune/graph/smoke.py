@@ -8,17 +8,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from .macs import MacCounter
 from .tracer import _as_call_args, _map_tensors, meta_copy
 
 
 @dataclass
-class Failure:
-    module: str
-    error: str
+class Smoke:
+    """The outcome of one forward pass: MACs when it worked, else the innermost module that raised and the error."""
+
+    macs: int = 0
+    module: str | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
-def smoke_test(model: nn.Module, example_inputs: Any, meta: bool = True) -> Failure | None:
-    """Run ``model`` (on meta tensors unless ``meta`` is False); return the innermost module that raised, or None."""
+def smoke_test(model: nn.Module, example_inputs: Any, meta: bool = True) -> Smoke:
+    """Run ``model`` in eval mode (on meta tensors unless ``meta`` is False), counting MACs."""
     net = meta_copy(model) if meta else model
     training = net.training
     stack: list[str] = []
@@ -38,13 +46,14 @@ def smoke_test(model: nn.Module, example_inputs: Any, meta: bool = True) -> Fail
         hooks.append(m.register_forward_hook(leave))
     inputs = _map_tensors(example_inputs, lambda t: torch.empty_like(t, device="meta")) if meta else example_inputs
     args, kwargs = _as_call_args(inputs)
+    counter = MacCounter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             net.eval()(*args, **kwargs)
-    except Exception as exc:
-        return Failure(stack[-1] if stack else "", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # reported to the caller
+        return Smoke(module=stack[-1] if stack else "", error=f"{type(exc).__name__}: {exc}")
     finally:
         net.train(training)
         for h in hooks:
             h.remove()
-    return None
+    return Smoke(macs=counter.total)

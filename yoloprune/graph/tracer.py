@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from .macs import COUNTERS, op_macs
 from .registry import Policy, policy_for
 from .slots import Labels, Slots, spread, uniform
 
@@ -70,6 +71,7 @@ class Trace:
     aliases: dict[str, list[str]]
     ops: int
     device: str
+    macs: int
 
 
 @dataclass
@@ -160,6 +162,7 @@ class Tracer(TorchFunctionMode):
         self.table: dict[int, tuple[torch.Tensor, Labels]] = {}
         self.stack: list[str] = []
         self.ops = 0
+        self.macs = 0
         self.ignore = tuple(ignore)
         self.policies = policies
         self.names: dict[int, str] = {}
@@ -293,6 +296,8 @@ class Tracer(TorchFunctionMode):
         if handler is None and not tensors_in(out):
             return out
         self.ops += 1
+        if func in COUNTERS:
+            self.macs += op_macs(func, args, kwargs, out)
         call = Call(func, args, kwargs, out)
         if handler is None:
             self.unhandled(call)
@@ -405,5 +410,5 @@ def trace(
         except Exception as exc:
             errors.append(exc)
             continue
-        return Trace(tracer.slots, tracer.members, tracer.splits, tracer.aliases, tracer.ops, device)
+        return Trace(tracer.slots, tracer.members, tracer.splits, tracer.aliases, tracer.ops, device, tracer.macs)
     raise TraceError(f"the model cannot run on the example inputs: {errors[-1]}") from errors[-1]

@@ -1,0 +1,86 @@
+"""Multiply-accumulates of the operations that dominate a detector: convolutions, linear layers, matmuls.
+
+Counted from the shapes each call sees while the tracer or the smoke test runs anyway, so counting costs no extra
+forward pass. The figures equal ``torch.utils.flop_counter.FlopCounterMode`` totals divided by two (a test checks
+that); that counter works at the dispatcher level and costs seconds per pass on meta tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+
+def _conv(args: tuple, kwargs: dict, out: Any) -> int:
+    weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+    return out.numel() * weight.shape[1] * math.prod(weight.shape[2:])
+
+
+def _conv_transpose(args: tuple, kwargs: dict, out: Any) -> int:
+    x = kwargs.get("input", args[0])
+    weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+    return x.numel() * weight.shape[1] * math.prod(weight.shape[2:])
+
+
+def _linear(args: tuple, kwargs: dict, out: Any) -> int:
+    weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+    return out.numel() * weight.shape[1]
+
+
+def _matmul(args: tuple, kwargs: dict, out: Any) -> int:
+    a = args[0]
+    if a.ndim == 1:
+        return out.numel() * a.shape[0] if out.ndim else a.shape[0]
+    return out.numel() * a.shape[-1]
+
+
+def _addmm(args: tuple, kwargs: dict, out: Any) -> int:
+    return out.numel() * args[1].shape[-1]
+
+
+COUNTERS: dict[Any, Callable[[tuple, dict, Any], int]] = {
+    F.conv1d: _conv,
+    F.conv2d: _conv,
+    F.conv3d: _conv,
+    F.conv_transpose1d: _conv_transpose,
+    F.conv_transpose2d: _conv_transpose,
+    F.conv_transpose3d: _conv_transpose,
+    F.linear: _linear,
+    torch.matmul: _matmul,
+    torch.Tensor.matmul: _matmul,
+    torch.Tensor.__matmul__: _matmul,
+    torch.mm: _matmul,
+    torch.Tensor.mm: _matmul,
+    torch.bmm: _matmul,
+    torch.Tensor.bmm: _matmul,
+    torch.addmm: _addmm,
+    torch.baddbmm: _addmm,
+}
+
+
+def op_macs(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
+    """MACs of one torch call (0 for calls that are not counted)."""
+    counter = COUNTERS.get(func)
+    if counter is None or not isinstance(out, torch.Tensor):
+        return 0
+    return int(counter(args, kwargs, out))
+
+
+class MacCounter(TorchFunctionMode):
+    """Adds up ``op_macs`` of every call made while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in COUNTERS:
+            self.total += op_macs(func, args, kwargs, out)
+        return out
