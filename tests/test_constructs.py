@@ -289,7 +289,7 @@ def test_channel_gate_mul_where_and_spatial_mean():
 
 
 class Implicit(nn.Module):
-    """YOLOv7 IDetect-like learned per-channel tensors: added before a conv, multiplied after another."""
+    """YOLOv7 IDetect-like learned per-channel tensors: one added before a conv, one multiplying its output."""
 
     def __init__(self):
         super().__init__()
@@ -300,7 +300,7 @@ class Implicit(nn.Module):
         self.head = nn.Conv2d(16, 4, 1)
 
     def forward(self, x):
-        return self.head(F.relu(self.mid(self.f(x) + 0) * self.im) + self.ia * 0)
+        return self.head(F.relu(self.mid(self.f(x) + self.ia) * self.im))
 
 
 def test_learned_per_channel_tensors_are_sliced():
@@ -452,3 +452,41 @@ def test_ignore_keeps_a_module():
     m = randomize(Chain())
     report = prune_exact(m, X, ratio=0.5, ignore=["a*"])
     assert m.a[0].out_channels == 16 and "a.0" not in report.removed and m.b[0].out_channels == 16
+
+
+class SpatialCat(nn.Module):
+    """Concatenation along a spatial dimension joins the channels of both inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = cbs(3, 16), cbs(3, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.a(x), self.b(x)[:, :, :4]], dim=2))
+
+
+def test_cat_on_a_spatial_dim_couples_the_inputs():
+    m = randomize(SpatialCat())
+    prune_exact(m, X, ratio=0.5)
+    assert m.a[0].out_channels == m.b[0].out_channels == m.head.in_channels == 8
+
+
+class DataDependent(nn.Module):
+    """Forward reads values (``.item()``): traced on a real copy instead of the meta one."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbs(3, 16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if x.abs().sum().item() >= 0:  # a value read from the input; a sum over y's channels would freeze them
+            y = y * 2
+        return self.b(y)
+
+
+def test_forward_that_needs_real_values_falls_back_to_a_real_trace():
+    m = randomize(DataDependent())
+    assert build(m, X).trace.device == "real"
+    prune_exact(m, X, ratio=0.5)
+    assert m.a[0].out_channels == 8
