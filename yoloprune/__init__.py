@@ -3,7 +3,8 @@
 from . import graph
 from .graph.surgery import PruneError
 from .graph.tracer import TraceError
+from .models import load
 from .prune import PruneReport, prune
 
 __version__ = "0.1.0"
-__all__ = ["PruneError", "PruneReport", "TraceError", "__version__", "graph", "prune"]
+__all__ = ["PruneError", "PruneReport", "TraceError", "__version__", "graph", "load", "prune"]

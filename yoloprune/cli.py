@@ -10,17 +10,72 @@ from collections.abc import Sequence
 
 from . import __version__
 from .graph import PruneError, TraceError
+from .importance import CRITERIA
 
 USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError)
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .io import check_output
+    from .models import example_input, load_model, save_model
+    from .prune import prune
+
+    out = check_output(args.output, [args.model], args.force)
+    x = example_input(args.imgsz)
+    loaded = load_model(args.model, args.family)
+    report = prune(
+        loaded.model,
+        x,
+        ratio=args.ratio,
+        importance=args.importance,
+        seed=args.seed,
+        ignore=args.ignore,
+        prune_head=args.prune_head,
+        family=loaded.family,
+    )
+    summary = {k: v for k, v in report.to_dict().items() if k != "removed"}
+    section = {
+        "format": 1,
+        "version": __version__,
+        "imgsz": args.imgsz,
+        "source": str(args.model),
+        "settings": report.settings,
+        "plan": report.plan,
+        "report": summary,
+    }
+    save_model(loaded, out, section)
+    if args.json:
+        print(json.dumps({"output": str(out), **summary}, indent=1))
+        return 0
+    print(
+        f"{args.model} ({report.family}) pruned with {args.importance} at ratio {args.ratio} in {report.seconds:.2f} s"
+    )
+    print(
+        f"  MACs   {_human(report.macs_before)} -> {_human(report.macs_after)} ({report.macs_ratio:.1%}) "
+        f"at {args.imgsz}x{args.imgsz}"
+    )
+    print(f"  params {_human(report.params_before)} -> {_human(report.params_after)} ({report.params_ratio:.1%})")
+    print(f"  removed {report.channels_removed} channels in {report.groups_pruned} groups")
+    for note in report.notes:
+        print(f"  note: {note}")
+    print(f"saved {out}")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from .adapters import resolve
     from .graph import build
-    from .models import example_input, load
+    from .models import example_input, load_model
 
-    model, family = load(args.model, args.family)
-    target = resolve(model, family=family, prune_head=args.prune_head)
+    loaded = load_model(args.model, args.family)
+    target = resolve(loaded.model, family=loaded.family, prune_head=args.prune_head)
     start = time.perf_counter()
     graph = build(
         target.module,
@@ -76,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-head", action="store_true", help="let the detection head's inner layers be pruned")
     p.add_argument("--family", default=None, help="model family when the file cannot tell")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("prune", help="remove channels physically and write a checkpoint in the family's format")
+    p.add_argument("model", help="model config (yolov8s.yaml) or checkpoint (best.pt)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="where to write the pruned checkpoint")
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of each group's channels to remove (0.3)")
+    p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random importance")
+    p.add_argument("--imgsz", type=int, default=640, help="input size for tracing and MACs (640)")
+    p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
+    p.add_argument("--prune-head", action="store_true", help="also prune the detection head's inner layers")
+    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_prune)
     return parser
 
 

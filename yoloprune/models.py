@@ -1,26 +1,43 @@
-"""Load a model named on the command line, and the example input to trace it with."""
+"""Load a model named on the command line, write a pruned one back, and make example inputs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
+
+from .adapters import Loaded, _adapter
+from .io import load_data
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-def load(spec: str, family: str | None = None) -> tuple[nn.Module, str]:
-    """A model and its family from a config name/path. Checkpoints and other families come with their adapters."""
+def load_model(spec: str, family: str | None = None) -> Loaded:
+    """A model from a config name/path or a checkpoint file, with its family."""
     if family not in (None, "ultralytics"):
         raise ValueError(f"family {family!r} cannot be loaded yet")
-    if Path(spec).suffix in CONFIG_SUFFIXES:
-        from .adapters import ultralytics
-
-        return ultralytics.load(spec), "ultralytics"
-    if not Path(spec).exists():
+    path = Path(spec)
+    if path.suffix not in CONFIG_SUFFIXES and not path.exists():
         raise FileNotFoundError(f"no such model: {spec}")
-    raise ValueError(f"cannot load {spec}: expected an ultralytics config (.yaml)")
+    if path.suffix not in (*CONFIG_SUFFIXES, ".pt", ".pth"):
+        raise ValueError(f"cannot load {spec}: expected a model config (.yaml) or a checkpoint (.pt)")
+    return _adapter("ultralytics").load(spec)
+
+
+def save_model(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
+    """Write ``loaded.model`` in its family's own checkpoint format, with yoloprune's ``section``."""
+    return _adapter(loaded.family).save(loaded, path, section)
+
+
+def load(path: str | Path) -> torch.nn.Module:
+    """Rebuild a pruned model from a checkpoint yoloprune wrote: the original config, the pruning plan replayed onto
+    it, and the saved weights. Only tensors and plain data are read from the file; no pickled class is instantiated."""
+    data = load_data(path)
+    section = data.get("yoloprune")
+    if not isinstance(section, dict) or "plan" not in section:
+        raise ValueError(f"{path} was not written by yoloprune (no pruning plan in it)")
+    return _adapter(section["family"]).rebuild(section)
 
 
 def example_input(imgsz: int, batch: int = 1) -> torch.Tensor:

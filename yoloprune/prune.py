@@ -19,6 +19,7 @@ from .graph.registry import Policy
 from .graph.smoke import smoke_test
 from .graph.surgery import PruneError, Removal, Snapshot, remove_channels
 from .importance import CRITERIA, channel_scores
+from .plan import compose
 
 MAX_ATTEMPTS = 10
 
@@ -39,6 +40,7 @@ class PruneReport:
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     max_difference: float | None = None
+    plan: dict[str, Any] = field(default_factory=dict, repr=False)
     removal: Removal = field(default_factory=Removal, repr=False)
 
     @property
@@ -52,6 +54,7 @@ class PruneReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("removal")
+        out.pop("plan")
         return out
 
     def __str__(self) -> str:
@@ -159,6 +162,13 @@ def prune(
         notes=notes,
         removal=removal,
     )
+    if target.history:
+        removed = compose(target.history["removed"], target.history["sizes"], removal.modules)
+        report.plan = {"removed": removed, "sizes": {**removal.sizes, **target.history["sizes"]}}
+    else:
+        report.plan = {"removed": dict(removal.modules), "sizes": dict(removal.sizes)}
+    if target.record is not None:
+        target.record(report.plan)
     if reference is not None:
         zero_producers(reference, removal)
         report.max_difference = max_relative_difference(reference, net, example_inputs, target.outputs)

@@ -20,13 +20,29 @@ FAMILIES = ("ultralytics",)
 
 @dataclass
 class Target:
-    """What to prune and how: the module, which outputs stay intact, module policies and default protections."""
+    """What to prune and how: the module, which outputs stay intact, module policies and default protections.
+
+    ``history`` is the plan of earlier prunes the model carries (``{"removed": ..., "sizes": ...}``), if any;
+    ``record(plan)`` stores the composed plan back on the model.
+    """
 
     family: str
     module: nn.Module
     outputs: Callable[[Any], Any] | None = None
     policies: Mapping[Any, Policy] = field(default_factory=dict)
     ignore: tuple[str, ...] = ()
+    history: dict[str, Any] | None = None
+    record: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class Loaded:
+    """A model read from a file or a config, with what its family needs to write it back."""
+
+    model: nn.Module
+    family: str
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _adapter(name: str) -> Any:

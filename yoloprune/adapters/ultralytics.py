@@ -6,12 +6,17 @@ attribute; attention blocks, whose forward reshapes values back to the input's c
 
 from __future__ import annotations
 
+import copy
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..graph.registry import FixupContext, Policy
-from . import Target
+from ..io import load_trusted, save_atomic
+from . import Loaded, Target
 
 
 def _half_of_cv1(module: nn.Module, context: FixupContext) -> None:
@@ -35,7 +40,7 @@ POLICIES: dict[Any, Policy] = {
     "AAttn": Policy(frozen_io=True),
 }
 
-HEADS = ("Detect", "Segment", "Pose", "OBB", "v10Detect", "WorldDetect", "YOLOEDetect", "RTDETRDecoder")
+HEADS = ("Detect", "Segment", "Pose", "OBB", "Classify", "v10Detect", "WorldDetect", "YOLOEDetect", "RTDETRDecoder")
 
 
 def _is_ultralytics(obj: Any) -> bool:
@@ -74,21 +79,114 @@ def head_names(net: nn.Module) -> list[str]:
 def target(model: Any, prune_head: bool = False) -> Target:
     """Prune an ultralytics network: backbone and neck; the head's inner stems too with ``prune_head``."""
     net = _network(model)
+    _check_supported(net)
     heads = head_names(net)
     ignore: tuple[str, ...] = () if prune_head else tuple(heads)
-    return Target("ultralytics", net, outputs=detections, policies=POLICIES, ignore=ignore)
+    history = (getattr(net, "yaml", None) or {}).get(PLAN_KEY)
+
+    def record(plan: dict[str, Any]) -> None:
+        net.yaml = {**(getattr(net, "yaml", None) or {}), PLAN_KEY: plan}
+
+    return Target("ultralytics", net, detections, POLICIES, ignore, history=history, record=record)
 
 
-def load(spec: str) -> nn.Module:
-    """An ultralytics detection network from a config name or path (``yolov8s.yaml``: scale from the name, random
-    weights)."""
-    from ultralytics.nn.tasks import DetectionModel, guess_model_task, yaml_model_load
+# ------------------------------------------------------------------------------------------ loading and saving
+PLAN_KEY = "yoloprune"  # in model.yaml: the composed plan, ignored by ultralytics' own parser
+TASK_MODELS = {
+    "detect": "DetectionModel",
+    "segment": "SegmentationModel",
+    "pose": "PoseModel",
+    "obb": "OBBModel",
+    "classify": "ClassificationModel",
+}
+UNSUPPORTED = ("World", "YOLOE", "RTDETR")
 
-    try:
-        cfg = yaml_model_load(spec)
-    except (FileNotFoundError, OSError) as exc:
-        raise FileNotFoundError(f"no such model config: {spec}") from exc
-    task = guess_model_task(cfg)
-    if task != "detect":
-        raise ValueError(f"{spec} is a {task} model; only detection models are supported yet")
-    return DetectionModel(cfg, verbose=False)
+
+def _check_supported(net: nn.Module) -> None:
+    name = type(net).__name__
+    if any(word in name for word in UNSUPPORTED):
+        raise ValueError(f"{name} models (open-vocabulary or transformer-decoder) are not supported yet")
+
+
+def from_config(spec: str | dict) -> nn.Module:
+    """A network with random weights from a config name or path (``yolov8s.yaml``: the scale comes from the name)
+    or a config dict."""
+    from ultralytics.nn import tasks
+
+    if isinstance(spec, dict):
+        cfg = copy.deepcopy(spec)
+    else:
+        try:
+            cfg = tasks.yaml_model_load(spec)
+        except (FileNotFoundError, OSError) as exc:
+            raise FileNotFoundError(f"no such model config: {spec}") from exc
+    cfg.pop(PLAN_KEY, None)
+    name = str(cfg.get("yaml_file", spec if isinstance(spec, str) else ""))
+    if any(word in name.lower() for word in ("world", "yoloe", "rtdetr")):
+        raise ValueError(f"{Path(name).name}: open-vocabulary and RT-DETR models are not supported yet")
+    task = tasks.guess_model_task(cfg)
+    if task not in TASK_MODELS:
+        raise ValueError(f"{name}: {task} models are not supported yet")
+    return getattr(tasks, TASK_MODELS[task])(cfg, verbose=False)
+
+
+def load(spec: str) -> Loaded:
+    """An ultralytics network from a config (random weights) or a checkpoint (the trainer's EMA, else its model,
+    converted to fp32; see ``yoloprune.io.load_trusted`` for the trust a checkpoint needs)."""
+    if Path(spec).suffix in (".yaml", ".yml"):
+        return Loaded(from_config(spec), "ultralytics", spec, {"train_args": {}})
+    ckpt = load_trusted(spec)
+    net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(net, nn.Module) or not _is_ultralytics(net):
+        kind = type(net).__name__ if net is not None else type(ckpt).__name__
+        raise ValueError(f"{spec} is not an ultralytics checkpoint (its model is a {kind}); pass --family")
+    _check_supported(net)
+    net = net.float()
+    return Loaded(net, "ultralytics", str(spec), {"train_args": dict(ckpt.get("train_args") or {})})
+
+
+def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
+    """Write an fp32 ultralytics checkpoint that stock ``YOLO(path)`` loads, plus yoloprune's section (plan,
+    settings, the original config and a state_dict sharing the model's storage, so it costs no extra space)."""
+    import ultralytics
+
+    net = copy.deepcopy(loaded.model).float().eval()
+    config = {k: v for k, v in (getattr(net, "yaml", None) or {}).items() if k != PLAN_KEY}
+    ckpt = {
+        "date": datetime.now().isoformat(),
+        "version": ultralytics.__version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": net,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": loaded.meta.get("train_args", {}),
+        "train_metrics": None,
+        "train_results": None,
+        PLAN_KEY: {
+            **section,
+            "family": "ultralytics",
+            "config": config,
+            "names": dict(getattr(net, "names", {}) or {}),
+            "state_dict": net.state_dict(),
+        },
+    }
+    return save_atomic(ckpt, path)
+
+
+def rebuild(section: dict[str, Any]) -> nn.Module:
+    """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it, the
+    saved state_dict loaded strictly. No pickled module is used."""
+    from ..plan import replay
+
+    net = from_config(section["config"])
+    imgsz = int(section.get("imgsz", 640))
+    t = target(net, prune_head=True)
+    replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], t)
+    net.load_state_dict(section["state_dict"], strict=True)
+    net.names = section.get("names") or getattr(net, "names", None)
+    t.record(section["plan"])
+    return net.eval()

@@ -25,9 +25,11 @@ class Removal:
     ``tensors``: parameter/buffer name -> {dim: removed indices}, for every member that shrank.
     ``producers``: the subset of ``tensors`` that produces channels (weights' output rows, biases, per-channel
     scales and shifts): zeroing these in an unpruned copy makes the removed channels carry zeros.
+    ``sizes``: module name -> output channels before the removal, for the modules in ``modules``.
     """
 
     modules: dict[str, list[int]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
     tensors: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     producers: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
@@ -70,6 +72,7 @@ def remove_channels(model: nn.Module, graph: Graph, removed: np.ndarray, policie
             if member.size > widest.get(member.module, -1):
                 widest[member.module] = member.size
                 result.modules[member.module] = gone
+                result.sizes[member.module] = member.size
     fresh: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, dims in cuts.items():
