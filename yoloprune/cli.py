@@ -9,10 +9,11 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from .export import ExportError
 from .graph import PruneError, TraceError
 from .importance import CRITERIA
 
-USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError)
+USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError, ExportError)
 
 
 def _human(n: float) -> str:
@@ -66,6 +67,44 @@ def _prune(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"  note: {note}")
     print(f"saved {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .io import check_output
+    from .models import load_model
+
+    out = check_output(args.output, [args.model], args.force)
+    if args.int8 and not args.calib:
+        raise ValueError("--int8 needs --calib DIR (a folder of representative images)")
+    loaded = load_model(args.model, args.family)
+    pruning = loaded.meta.get("pruning")
+    result = export_onnx(
+        loaded.model,
+        out,
+        imgsz=args.imgsz,
+        opset=args.opset,
+        dynamic=args.dynamic,
+        simplify=args.simplify,
+        half=args.half,
+        nms=args.nms,
+        int8_calib=args.calib if args.int8 else None,
+        family=loaded.family,
+        image=args.image,
+        metadata={"yoloprune": json.dumps(pruning, default=str)} if pruning else None,
+    )
+    print(result)
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import bench
+
+    result = bench(args.model, imgsz=args.imgsz, threads=args.threads, runs=args.runs, warmup=args.warmup)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result)
     return 0
 
 
@@ -145,6 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_prune)
+
+    p = sub.add_parser("export", help="export to ONNX, verified against PyTorch on a real image")
+    p.add_argument("model", help="checkpoint or config")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--imgsz", type=int, default=640, help="input size (640)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
+    p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True, help="run onnxslim (on)")
+    p.add_argument("--half", action="store_true", help="fp16 weights and compute (inputs and outputs stay fp32)")
+    p.add_argument("--nms", action="store_true", help="append score filtering and NMS (batch 1)")
+    p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
+    p.add_argument("--calib", metavar="DIR", help="folder of calibration images for --int8")
+    p.add_argument("--image", help="verification image (default: ultralytics' bus.jpg)")
+    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("bench", help="MACs, params and CPU latency (onnxruntime and PyTorch)")
+    p.add_argument("model", help="checkpoint, config or .onnx file")
+    p.add_argument("--imgsz", type=int, default=640, help="input size (640)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for both runtimes (1)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs (50)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (10)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_bench)
     return parser
 
 

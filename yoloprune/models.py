@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .adapters import Loaded, _adapter
+from .images import check_imgsz
 from .io import load_data
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -42,6 +43,4 @@ def load(path: str | Path) -> torch.nn.Module:
 
 def example_input(imgsz: int, batch: int = 1) -> torch.Tensor:
     """A zero image batch at ``imgsz`` (the graph only needs shapes)."""
-    if imgsz < 32 or imgsz % 32:
-        raise ValueError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
-    return torch.zeros(batch, 3, imgsz, imgsz)
+    return torch.zeros(batch, 3, check_imgsz(imgsz), check_imgsz(imgsz))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..graph.registry import FixupContext, Policy
+from ..images import Preprocess
 from ..io import load_trusted, save_atomic
 from . import Loaded, Target
 
@@ -40,6 +41,7 @@ POLICIES: dict[Any, Policy] = {
     "AAttn": Policy(frozen_io=True),
 }
 
+PREPROCESS = Preprocess(rgb=True, scale=1 / 255, fill=114)  # letterboxed RGB in [0, 1]
 HEADS = ("Detect", "Segment", "Pose", "OBB", "Classify", "v10Detect", "WorldDetect", "YOLOEDetect", "RTDETRDecoder")
 
 
@@ -142,7 +144,11 @@ def load(spec: str) -> Loaded:
         raise ValueError(f"{spec} is not an ultralytics checkpoint (its model is a {kind}); pass --family")
     _check_supported(net)
     net = net.float()
-    return Loaded(net, "ultralytics", str(spec), {"train_args": dict(ckpt.get("train_args") or {})})
+    meta = {"train_args": dict(ckpt.get("train_args") or {})}
+    section = ckpt.get(PLAN_KEY)
+    if isinstance(section, dict):
+        meta["pruning"] = {k: section[k] for k in ("version", "settings", "report") if k in section}
+    return Loaded(net, "ultralytics", str(spec), meta)
 
 
 def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
@@ -190,3 +196,44 @@ def rebuild(section: dict[str, Any]) -> nn.Module:
     net.names = section.get("names") or getattr(net, "names", None)
     t.record(section["plan"])
     return net.eval()
+
+
+# ------------------------------------------------------------------------------------------------------ export
+def export_module(net: nn.Module, dynamic: bool = False) -> nn.Module:
+    """A copy in ultralytics' own ONNX export mode: Conv+BN fused, heads returning only their predictions, C2f-style
+    blocks on ``forward_split`` (which reads the ``c`` the fixups keep current)."""
+    model = copy.deepcopy(net).float().eval()
+    if hasattr(model, "fuse"):
+        model = model.fuse(verbose=False)
+    for m in model.modules():
+        names = {c.__name__ for c in type(m).__mro__}
+        if names & set(HEADS):
+            m.export, m.format, m.dynamic = True, "onnx", dynamic
+        elif "C2f" in names or "RepNCSPELAN4" in names:
+            m.forward = m.forward_split
+    return model
+
+
+def export_metadata(net: nn.Module, imgsz: int) -> dict[str, Any]:
+    """Metadata in the keys ultralytics' own runtime reads from an ONNX file (names, stride, task, imgsz)."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    stride = getattr(net, "stride", None)
+    return {
+        "description": "pruned with yoloprune",
+        "stride": int(max(stride.tolist())) if isinstance(stride, torch.Tensor) else 32,
+        "task": guess_model_task(net),
+        "batch": 1,
+        "imgsz": [imgsz, imgsz],
+        "names": dict(getattr(net, "names", None) or {}),
+    }
+
+
+def nms_layout(net: nn.Module) -> tuple[str, int]:
+    """How the export-mode predictions are laid out, and the number of classes."""
+    head = net.model[-1] if isinstance(getattr(net, "model", None), nn.Sequential) else None
+    if head is None or not hasattr(head, "nc"):
+        raise ValueError(f"{type(net).__name__} has no detection head to add NMS to")
+    if getattr(head, "end2end", False):
+        return "end2end", int(head.nc)
+    return "xywh-class", int(head.nc)

@@ -1,0 +1,142 @@
+"""ONNX export verifies itself; fp16, INT8, dynamic shapes and NMS; latency benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers import randomize
+
+import yoloprune
+from yoloprune import export as export_module
+from yoloprune.adapters.ultralytics import from_config
+from yoloprune.bench import bench, onnx_counts, time_calls
+from yoloprune.cli import main
+from yoloprune.counting import count_macs
+from yoloprune.export import ExportError, export_onnx, read_metadata, session
+from yoloprune.images import load_batch, sample_image
+
+IMGSZ = 128
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    model = randomize(from_config("yolov8n.yaml"))
+    model.names = {i: f"c{i}" for i in range(80)}
+    yoloprune.prune(model, torch.zeros(1, 3, IMGSZ, IMGSZ), ratio=0.3)
+    return model
+
+
+def test_export_verifies_and_writes_metadata(pruned, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = export_onnx(pruned, out, imgsz=IMGSZ)
+    assert result.rel_diff < 1e-3 and result.outputs == [[1, 84, 336]]
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    meta = read_metadata(out)
+    assert meta["family"] == "ultralytics" and meta["stride"] == "32" and eval(meta["names"])[5] == "c5"
+    assert int(meta["macs"]) == count_macs(pruned, torch.zeros(1, 3, IMGSZ, IMGSZ))
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # Conv+BN fused
+
+
+def test_export_that_does_not_match_keeps_no_file(pruned, tmp_path, monkeypatch):
+    real = export_module._run_onnx
+    monkeypatch.setattr(export_module, "_run_onnx", lambda data, x: [o * 1.01 for o in real(data, x)])
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(pruned, out, imgsz=IMGSZ)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_dynamic_export_runs_at_other_sizes_and_batches(pruned, tmp_path):
+    out = tmp_path / "dyn.onnx"
+    export_onnx(pruned, out, imgsz=IMGSZ, dynamic=True)
+    s = session(out)
+    y = s.run(None, {"images": np.zeros((2, 3, 96, 160), dtype=np.float32)})[0]
+    assert y.shape == (2, 84, 3 * 5 + 6 * 10 + 12 * 20)
+
+
+def test_half_export_has_fp16_weights(pruned, tmp_path):
+    out = tmp_path / "half.onnx"
+    result = export_onnx(pruned, out, imgsz=IMGSZ, half=True)
+    proto = onnx.load(str(out))
+    kinds = {t.data_type for t in proto.graph.initializer if len(t.dims) > 1}
+    assert kinds == {onnx.TensorProto.FLOAT16} and result.tolerance == 1e-2
+
+
+def test_nms_export_matches_torch_detections(tmp_path):
+    model = randomize(from_config("yolov8n.yaml"))
+    with torch.no_grad():
+        for seq in model.model[-1].cv3:
+            seq[-1].bias.fill_(2.0)  # confident class scores, so NMS has work to do
+    out = tmp_path / "nms.onnx"
+    result = export_onnx(model, out, imgsz=IMGSZ, nms=True)
+    assert result.outputs[0][1] == 6 and 0 < result.outputs[0][0] <= 300 and result.max_abs_diff < 1e-3
+
+
+def test_int8_export_reports_its_difference(pruned, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        (calib / f"{i}.jpg").write_bytes(sample_image().read_bytes())
+    out = tmp_path / "int8.onnx"
+    result = export_onnx(pruned, out, imgsz=IMGSZ, int8_calib=calib)
+    proto = onnx.load(str(out))
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node) and result.notes
+    assert np.isfinite(result.rel_diff)
+
+
+def test_stock_ultralytics_runs_the_exported_file(pruned, tmp_path):
+    from ultralytics import YOLO
+
+    out = tmp_path / "m.onnx"
+    export_onnx(pruned, out, imgsz=IMGSZ)
+    result = YOLO(str(out), task="detect").predict(sample_image(), imgsz=IMGSZ, verbose=False)[0]
+    assert result.names[5] == "c5" and result.boxes.data.shape[1] == 6
+
+
+def test_bench_onnx_and_counts(pruned, tmp_path):
+    out = tmp_path / "m.onnx"
+    export_onnx(pruned, out, imgsz=IMGSZ)
+    result = bench(out, imgsz=IMGSZ, threads=1, runs=3, warmup=1)
+    assert result.onnx.runs == 3 and 0 < result.onnx.p50 <= result.onnx.p90 * 1.0001 + 1e-9
+    macs, params = onnx_counts(out)
+    assert macs == count_macs(pruned, torch.zeros(1, 3, IMGSZ, IMGSZ)) and params == result.params
+    stripped = tmp_path / "plain.onnx"
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(stripped))
+    graph_macs, graph_params = onnx_counts(stripped)  # counted from the graph itself
+    assert abs(graph_macs - macs) / macs < 0.01 and abs(graph_params - params) / params < 0.01
+
+
+def test_bench_checkpoint_times_both_runtimes(tmp_path, capsys):
+    src = tmp_path / "p.pt"
+    assert main(["prune", "yolov8n.yaml", "-o", str(src), "--imgsz", "64"]) == 0
+    assert main(["bench", str(src), "--imgsz", "64", "--runs", "2", "--warmup", "1", "--json"]) == 0
+    printed = capsys.readouterr().out
+    data = __import__("json").loads(printed[printed.index("{") :])
+    assert data["torch"]["runs"] == 2 and data["onnx"]["runs"] == 2 and data["macs"] > 0
+
+
+def test_time_calls_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        time_calls(lambda: None, runs=0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--int8"], "--int8 needs --calib"), (["--imgsz", "30"], "--imgsz must be a positive multiple of 32")],
+)
+def test_export_cli_bad_input(extra, message, tmp_path, capsys):
+    code = main(["export", "yolov8n.yaml", "-o", str(tmp_path / "x.onnx"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and ("error" in err)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_load_batch_letterboxes_the_family_way():
+    x = load_batch(sample_image(), 64)
+    assert x.shape == (1, 3, 64, 64) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert torch.allclose(x[0, :, 0, 0], torch.full((3,), 114 / 255))  # bus.jpg is portrait: padded left

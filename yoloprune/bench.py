@@ -1,0 +1,141 @@
+"""Latency on this machine: onnxruntime CPU and PyTorch, with warm-up, fixed threads and percentiles."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from .counting import count_macs, count_params
+from .export import export_onnx, family_hooks, read_metadata, session
+
+
+@dataclass
+class Timing:
+    """Milliseconds per forward pass over ``runs`` timed runs after ``warmup`` untimed ones."""
+
+    p50: float
+    p90: float
+    mean: float
+    runs: int
+    warmup: int
+
+
+@dataclass
+class BenchResult:
+    model: str
+    imgsz: int
+    threads: int
+    macs: int
+    params: int
+    onnx: Timing
+    torch: Timing | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.model} at {self.imgsz}x{self.imgsz}, {self.threads} thread(s): "
+            f"{self.macs / 1e9:.2f} GMACs, {self.params / 1e6:.2f}M params",
+            f"  onnxruntime  p50 {self.onnx.p50:8.2f} ms  p90 {self.onnx.p90:8.2f} ms  mean {self.onnx.mean:8.2f} ms",
+        ]
+        if self.torch is not None:
+            t = self.torch
+            lines.append(f"  pytorch      p50 {t.p50:8.2f} ms  p90 {t.p90:8.2f} ms  mean {t.mean:8.2f} ms")
+        return "\n".join(lines)
+
+
+def time_calls(call: Callable[[], Any], runs: int = 50, warmup: int = 10) -> Timing:
+    """Time ``call`` ``runs`` times after ``warmup`` calls."""
+    if runs < 1 or warmup < 0:
+        raise ValueError("runs must be >= 1 and warmup >= 0")
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return Timing(
+        p50=statistics.median(times),
+        p90=float(np.percentile(times, 90)),
+        mean=statistics.fmean(times),
+        runs=runs,
+        warmup=warmup,
+    )
+
+
+def onnx_latency(path: str | Path, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
+    """onnxruntime CPU latency of an ONNX file on a random image batch of one."""
+    s = session(path, threads)
+    inp = s.get_inputs()[0]
+    dtype = np.float16 if "float16" in inp.type else np.float32
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz)).astype(dtype)
+    return time_calls(lambda: s.run(None, {inp.name: x}), runs, warmup)
+
+
+def torch_latency(net: torch.nn.Module, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
+    """PyTorch CPU latency (eval mode, no autograd) with ``threads`` intra-op threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.rand(1, 3, imgsz, imgsz)
+    try:
+        with torch.inference_mode():
+            return time_calls(lambda: net(x), runs, warmup)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def onnx_counts(path: str | Path) -> tuple[int, int]:
+    """MACs and parameters of an ONNX file: from the metadata yoloprune writes, else from the graph itself."""
+    meta = read_metadata(path)
+    if "macs" in meta and "params" in meta:
+        return int(meta["macs"]), int(meta["params"])
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info}
+    shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.output})
+    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    macs = 0
+    for node in proto.graph.node:
+        out = shapes.get(node.output[0])
+        if not out or node.op_type not in ("Conv", "Gemm", "MatMul") or node.input[1] not in weights:
+            continue
+        w = weights[node.input[1]]
+        per_output = int(np.prod(w[1:])) if node.op_type == "Conv" else w[0] if node.op_type == "MatMul" else w[-1]
+        macs += int(np.prod(out)) * per_output
+    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if len(t.dims) > 0)
+    return macs, params
+
+
+def bench(model: str | Path, imgsz: int = 640, threads: int = 1, runs: int = 50, warmup: int = 10) -> BenchResult:
+    """Benchmark a checkpoint or config (exported to a temporary ONNX file first) or an ONNX file."""
+    from .images import check_imgsz
+    from .models import load_model
+
+    check_imgsz(imgsz)
+    if Path(model).suffix == ".onnx":
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"no such model: {model}")
+        macs, params = onnx_counts(model)
+        return BenchResult(str(model), imgsz, threads, macs, params, onnx_latency(model, imgsz, threads, runs, warmup))
+    loaded = load_model(str(model))
+    adapter, net, _ = family_hooks(loaded.model, loaded.family)
+    x = torch.zeros(1, 3, imgsz, imgsz)
+    macs, params = count_macs(net, x), count_params(net)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(net, path, imgsz=imgsz, family=loaded.family)
+        ort_timing = onnx_latency(path, imgsz, threads, runs, warmup)
+    deploy = adapter.export_module(net) if adapter is not None else net.eval()
+    return BenchResult(
+        str(model), imgsz, threads, macs, params, ort_timing, torch_latency(deploy, imgsz, threads, runs, warmup)
+    )

@@ -1,0 +1,250 @@
+"""ONNX export that verifies itself against PyTorch on a real image, with onnxslim, metadata, fp16 and INT8."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .adapters import _adapter, resolve
+from .graph.tracer import tensors_in
+from .images import Preprocess, check_imgsz, list_images, load_batch, sample_image
+from .io import write_atomic
+
+DEFAULT_OPSET = 17  # torch 2.14's TorchScript exporter; the dynamo exporter wrote an invalid Split at opset 17
+
+
+class ExportError(RuntimeError):
+    """An export that did not verify: no file is kept."""
+
+
+@dataclass
+class ExportResult:
+    """Where the file went and how closely onnxruntime matched PyTorch on the verification image."""
+
+    path: Path
+    max_abs_diff: float
+    rel_diff: float
+    tolerance: float
+    seconds: float
+    outputs: list[list[int | str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"exported {self.path} in {self.seconds:.1f} s; onnxruntime vs PyTorch on the verification image: "
+            f"max abs diff {self.max_abs_diff:.2e} ({self.rel_diff:.2e} relative, limit {self.tolerance:.0e})"
+        )
+
+
+def family_hooks(model: nn.Module, family: str | None = None) -> tuple[Any, nn.Module, Preprocess]:
+    """The family adapter (or None), the network to export and its image convention."""
+    target = resolve(model, family=family, prune_head=True)
+    adapter = _adapter(target.family) if target.family != "generic" else None
+    spec = getattr(adapter, "PREPROCESS", Preprocess())
+    return adapter, target.module, spec
+
+
+def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [t.detach() for t in tensors_in(net(x))]
+
+
+def _dynamic_axes(net: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, dict[int, str]]:
+    """Mark batch and image-size dims of the input, and every output dim that changes with them."""
+    base = [t.shape for t in _outputs(net, x)]
+    bigger = torch.zeros(2, x.shape[1], x.shape[2] + 32, x.shape[3] + 64)
+    moved = [t.shape for t in _outputs(net, bigger)]
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+    for name, a, b in zip(names, base, moved):
+        axes[name] = {d: f"{name}_d{d}" for d in range(len(a)) if a[d] != b[d]}
+    return axes
+
+
+def export_onnx(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    imgsz: int = 640,
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = False,
+    simplify: bool = True,
+    half: bool = False,
+    nms: bool = False,
+    int8_calib: str | Path | None = None,
+    family: str | None = None,
+    image: str | Path | None = None,
+    metadata: dict[str, Any] | None = None,
+    tolerance: float | None = None,
+) -> ExportResult:
+    """Export ``model`` to ONNX at ``out`` in its family's export mode and verify it.
+
+    onnxruntime's outputs on ``image`` (default: ultralytics' ``bus.jpg``, letterboxed the family's way) must match
+    PyTorch's within ``tolerance`` (relative to the largest output value; default 1e-3, 1e-2 with ``half``); otherwise
+    ``ExportError`` is raised and no file is written. INT8 (static, calibrated on the images in ``int8_calib``)
+    changes outputs by design: its difference is reported, not enforced.
+    """
+    start = time.perf_counter()
+    check_imgsz(imgsz)
+    adapter, net, spec = family_hooks(model, family)
+    export_net = adapter.export_module(net, dynamic) if adapter is not None else copy.deepcopy(net).eval()
+    if nms:
+        from .nms import with_nms
+
+        if dynamic:
+            raise ValueError("--nms exports batch 1; it cannot be combined with --dynamic")
+        export_net = with_nms(export_net, adapter)
+    x = load_batch(image or sample_image(), imgsz, spec)
+    reference = _outputs(export_net, x)
+    names = [f"output{i}" for i in range(len(reference))]
+    axes = _dynamic_axes(export_net, x, names) if dynamic else None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            export_net,
+            x,
+            buffer,
+            opset_version=opset,
+            dynamo=False,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    notes = []
+    if simplify:
+        import onnxslim
+
+        proto = onnxslim.slim(proto)
+    from .counting import count_macs, count_params
+
+    meta = {**(adapter.export_metadata(net, imgsz) if adapter is not None else {}), **(metadata or {})}
+    meta["macs"], meta["params"] = str(count_macs(net, x)), str(count_params(net))
+    meta["family"] = "generic" if adapter is None else adapter.__name__.rsplit(".", 1)[-1]
+    meta["exported_by"] = "yoloprune"
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else _meta_value(value)
+    onnx.checker.check_model(proto)
+    if half:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        proto = convert_float_to_float16(proto, keep_io_types=True)
+    data = proto.SerializeToString()
+    if int8_calib is not None:
+        data = _quantize(data, int8_calib, imgsz, spec)
+        notes.append("INT8: static QDQ quantization; outputs differ from fp32 by design (difference reported)")
+    got = _run_onnx(data, x)
+    limit = tolerance if tolerance is not None else (1e-2 if half else 1e-3)
+    compare = _compare_detections if nms else _compare
+    worst_abs, worst_rel = compare(reference, got)
+    if worst_rel > limit and int8_calib is None:
+        raise ExportError(
+            f"onnxruntime differs from PyTorch by {worst_rel:.2e} (relative; limit {limit:.0e}); no file written"
+        )
+    path = write_atomic(out, lambda f: f.write(data))
+    return ExportResult(
+        path, worst_abs, worst_rel, limit, time.perf_counter() - start, [list(t.shape) for t in reference], notes
+    )
+
+
+def _compare_detections(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
+    """NMS keeps or drops near-tied boxes on 1e-7 differences: match detections as sets (each reference row to its
+    nearest row of the same class), allow 2% of them to differ, and report the largest matched difference."""
+    ref, out = reference[0].float().numpy(), got[0].astype(np.float32)
+    if abs(len(ref) - len(out)) > max(1, 0.02 * len(ref)):
+        raise ExportError(f"NMS kept {len(out)} detections in onnxruntime and {len(ref)} in PyTorch; no file written")
+    if not len(ref) or not len(out):
+        return 0.0, 0.0
+    distance = np.abs(ref[:, None, :5] - out[None, :, :5]).max(-1) + 1e9 * (ref[:, None, 5] != out[None, :, 5])
+    nearest = np.sort(distance.min(1))[: max(len(ref) - max(1, int(0.02 * len(ref))), 1)]
+    scale = max(float(np.abs(ref[:, :5]).max()), 1e-12)
+    return float(nearest.max()), float(nearest.max()) / scale
+
+
+def _meta_value(value: Any) -> str:
+    if isinstance(value, dict) and all(isinstance(k, int) for k in value):
+        return repr(value)  # ultralytics reads names with a literal eval
+    if isinstance(value, (list, tuple)):
+        return repr(list(value))
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def session(data: bytes | str | Path, threads: int = 0) -> Any:
+    """An onnxruntime CPU session (``threads`` 0: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = data if isinstance(data, bytes) else str(data)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(data: bytes, x: torch.Tensor) -> list[np.ndarray]:
+    s = session(data)
+    return s.run(None, {s.get_inputs()[0].name: x.numpy()})
+
+
+def _compare(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
+    if len(reference) != len(got):
+        raise ExportError(f"PyTorch returns {len(reference)} outputs, onnxruntime {len(got)}")
+    worst_abs, worst_rel = 0.0, 0.0
+    for ref, out in zip(reference, got):
+        ref_np = ref.float().numpy()
+        if ref_np.shape != out.shape:
+            raise ExportError(f"output shape {out.shape} differs from PyTorch's {ref_np.shape}")
+        diff = float(np.abs(ref_np - out.astype(np.float32)).max()) if ref_np.size else 0.0
+        scale = max(float(np.abs(ref_np).max()) if ref_np.size else 0.0, 1e-12)
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
+    return worst_abs, worst_rel
+
+
+def _quantize(data: bytes, calib: str | Path, imgsz: int, spec: Preprocess) -> bytes:
+    """Static INT8 (QDQ, per-channel weights) calibrated on the images in ``calib``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    images = list_images(calib)[:64]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            path = next(self.items, None)
+            return None if path is None else {"images": load_batch(path, imgsz, spec).numpy()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(data)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        return dst.read_bytes()
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata an ONNX file carries."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
