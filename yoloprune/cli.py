@@ -108,6 +108,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from .data import synthesize
+
+    start = time.perf_counter()
+    path = synthesize(args.output, args.train, args.val, args.imgsz, args.classes, args.seed, progress=True)
+    print(f"wrote {path} ({args.train} train + {args.val} val images) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .adapters import resolve
     from .graph import build
@@ -209,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (10)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_bench)
+
+    data = sub.add_parser("data", help="datasets: `yoloprune data synth` writes the synthetic benchmark")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("synth", help="a deterministic synthetic detection dataset (COCO JSON + YOLO labels)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("--train", type=int, default=800, help="training images (800)")
+    p.add_argument("--val", type=int, default=200, help="validation images (200)")
+    p.add_argument("--imgsz", type=int, default=320, help="image side in pixels (320)")
+    p.add_argument("--classes", type=int, default=6, help="number of shape classes (6, at most 12)")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.set_defaults(func=_synth)
     return parser
 
 
