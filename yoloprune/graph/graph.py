@@ -215,6 +215,25 @@ class Graph:
                 ties[gid] = tie_id
         return ties, bad
 
+    # ---------------------------------------------------------------------------------------------- costs
+    def estimate(self, removed: np.ndarray) -> tuple[int, int]:
+        """MACs and parameters the model would have after removing the flagged channels, without removing them.
+
+        Convolution and linear MACs scale with the kept fraction of their weight's output and input dimensions;
+        every other MAC (matmuls between activations) stays. Exact for the layers yoloprune counts.
+        """
+        kept: dict[str, float] = {}
+        for member, comps in zip(self.members, self.member_comps):
+            if member.is_buffer:
+                continue
+            fraction = float((~removed[comps]).mean()) if comps.size else 1.0
+            kept[member.name] = kept.get(member.name, 1.0) * fraction
+        weighted = self.trace.weighted_macs
+        macs = self.trace.macs - sum(weighted.values())
+        macs += sum(m * kept.get(name, 1.0) for name, m in weighted.items())
+        params = sum(n * kept.get(name, 1.0) for name, n in self.trace.numels.items())
+        return round(macs), round(params)
+
     # ---------------------------------------------------------------------------------------------- queries
     @property
     def prunable_groups(self) -> list[Group]:

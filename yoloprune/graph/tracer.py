@@ -11,7 +11,7 @@ import copy
 import fnmatch
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,8 @@ class Trace:
     ops: int
     device: str
     macs: int
+    weighted_macs: dict[str, int] = field(default_factory=dict)  # weight name -> MACs of the calls that used it
+    numels: dict[str, int] = field(default_factory=dict)  # parameter name -> element count
 
 
 @dataclass
@@ -163,6 +165,7 @@ class Tracer(TorchFunctionMode):
         self.stack: list[str] = []
         self.ops = 0
         self.macs = 0
+        self.weighted_macs: dict[str, int] = {}
         self.ignore = tuple(ignore)
         self.policies = policies
         self.names: dict[int, str] = {}
@@ -297,7 +300,12 @@ class Tracer(TorchFunctionMode):
             return out
         self.ops += 1
         if func in COUNTERS:
-            self.macs += op_macs(func, args, kwargs, out)
+            macs = op_macs(func, args, kwargs, out)
+            self.macs += macs
+            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            name = self.names.get(id(weight)) if isinstance(weight, torch.Tensor) else None
+            if name is not None:
+                self.weighted_macs[name] = self.weighted_macs.get(name, 0) + macs
         call = Call(func, args, kwargs, out)
         if handler is None:
             self.unhandled(call)
@@ -410,5 +418,16 @@ def trace(
         except Exception as exc:
             errors.append(exc)
             continue
-        return Trace(tracer.slots, tracer.members, tracer.splits, tracer.aliases, tracer.ops, device, tracer.macs)
+        numels = {name: int(p.numel()) for name, p in copy_.named_parameters()}
+        return Trace(
+            tracer.slots,
+            tracer.members,
+            tracer.splits,
+            tracer.aliases,
+            tracer.ops,
+            device,
+            tracer.macs,
+            tracer.weighted_macs,
+            numels,
+        )
     raise TraceError(f"the model cannot run on the example inputs: {errors[-1]}") from errors[-1]
