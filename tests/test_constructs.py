@@ -7,11 +7,17 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import prune_exact, randomize, shapes
+from helpers import prune_exact as _prune_exact
+from helpers import randomize, shapes
 from torch import nn
 
 import yoloprune
 from yoloprune.graph import Policy, build
+
+
+def prune_exact(*args, **kwargs):
+    """These models isolate one construct, usually in their first layer: do not protect it."""
+    return _prune_exact(*args, protect_first=False, **kwargs)
 
 
 def cbs(c1: int, c2: int, k: int = 3, s: int = 1, g: int = 1, act: nn.Module | None = None) -> nn.Sequential:
@@ -124,7 +130,7 @@ def test_split_with_stored_sizes_freezes_unless_a_policy_says_how():
     assert [grp.channels for grp in parts] == [8, 24]
     assert all("split with sizes fixed in forward()" in grp.frozen and "FixedSplit" in grp.frozen for grp in parts)
     with pytest.raises(yoloprune.PruneError, match="nothing to prune"):
-        yoloprune.prune(copy.deepcopy(m), X, ratio=0.5)
+        yoloprune.prune(copy.deepcopy(m), X, ratio=0.5, protect_first=False)
 
     def fixup(module, context):
         module.sizes = context.splits[0]
@@ -349,7 +355,7 @@ def test_group_and_layer_norm_against_a_hand_sliced_reference():
     """Norms over channels are not zero-exact: compare with the model sliced by hand instead."""
     m = randomize(Norms())
     ref = copy.deepcopy(m)
-    report = yoloprune.prune(m, X, ratio=0.5)
+    report = yoloprune.prune(m, X, ratio=0.5, protect_first=False)
     assert m.gn.num_channels == 8 and m.gn.num_groups == 4 and m.ln.normalized_shape == (8,)
     keep_a = [i for i in range(16) if i not in report.removed["a"]]
     keep_b = [i for i in range(16) if i not in report.removed["b"]]
@@ -435,8 +441,8 @@ def test_random_importance_is_deterministic_for_a_seed():
     runs = []
     for _ in range(2):
         m = randomize(Chain())
-        runs.append(yoloprune.prune(m, X, ratio=0.5, importance="random", seed=7).removed)
-    other = yoloprune.prune(randomize(Chain()), X, ratio=0.5, importance="random", seed=8).removed
+        runs.append(yoloprune.prune(m, X, ratio=0.5, importance="random", seed=7, protect_first=False).removed)
+    other = yoloprune.prune(randomize(Chain()), X, ratio=0.5, importance="random", seed=8, protect_first=False).removed
     assert runs[0] == runs[1] and runs[0] != other
 
 
@@ -444,7 +450,7 @@ def test_l1_and_l2_remove_the_smallest_filters():
     m = randomize(Chain())
     with torch.no_grad():
         m.a[0].weight[[1, 5, 9]] *= 1e-3
-    report = yoloprune.prune(m, X, ratio=3 / 16, importance="l1")
+    report = yoloprune.prune(m, X, ratio=3 / 16, importance="l1", protect_first=False)
     assert report.removed["a.0"] == [1, 5, 9]
 
 

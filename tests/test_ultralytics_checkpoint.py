@@ -73,7 +73,7 @@ def run_stock(path: Path) -> dict:
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
 def test_stock_ultralytics_loads_predicts_and_exports_the_pruned_checkpoint(cfg, tmp_path, capsys):
     out = tmp_path / "pruned.pt"
-    assert main(["prune", cfg, "-o", str(out), "--imgsz", "64"]) == 0
+    assert main(["prune", cfg, "-o", str(out), "--imgsz", "64", "--round-to", "1"]) == 0
     printed = capsys.readouterr().out
     assert "MACs" in printed and "params" in printed and f"saved {out}" in printed
     rebuilt = yoloprune.load(out)
@@ -88,7 +88,9 @@ def test_trained_checkpoint_round_trip(tmp_path):
     src = trained_checkpoint("yolov8n.yaml", tmp_path / "best.pt")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / "best-pruned.pt"
-    assert main(["prune", str(src), "-o", str(out), "--ratio", "0.5", "--imgsz", "64", "--json"]) == 0
+    assert (
+        main(["prune", str(src), "-o", str(out), "--ratio", "0.5", "--imgsz", "64", "--round-to", "1", "--json"]) == 0
+    )
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest  # the input is never modified
     ckpt = torch.load(out, weights_only=False)
     net = ckpt["model"]
@@ -96,7 +98,8 @@ def test_trained_checkpoint_round_trip(tmp_path):
     assert all(p.dtype == torch.float32 for p in net.parameters()) and net.names[3] == "class3"
     assert net.model[2].cv1.conv.out_channels == 16 and net.model[2].c == 8
     section = ckpt["yoloprune"]
-    assert section["settings"]["ratio"] == 0.5 and section["plan"]["removed"]["model.0.conv"]
+    assert section["settings"]["ratio"] == 0.5 and len(section["plan"]["removed"]["model.1.conv"]) == 16
+    assert "model.0.conv" not in section["plan"]["removed"]  # the first conv is protected by default
     assert net.yaml["yoloprune"]["removed"] == section["plan"]["removed"]  # ultralytics' parser ignores the key
     rebuilt = yoloprune.load(out)
     assert torch.allclose(rebuilt(X)[0], net.eval()(X)[0], atol=1e-6)
@@ -113,11 +116,12 @@ def test_load_reads_tensors_only(tmp_path):
 
 def test_pruning_twice_composes_the_plan(tmp_path):
     once, twice = tmp_path / "once.pt", tmp_path / "twice.pt"
-    assert main(["prune", "yolo11n.yaml", "-o", str(once), "--imgsz", "64", "--ratio", "0.3"]) == 0
-    assert main(["prune", str(once), "-o", str(twice), "--imgsz", "64", "--ratio", "0.3"]) == 0
+    args = ["--imgsz", "64", "--ratio", "0.3", "--round-to", "1"]
+    assert main(["prune", "yolo11n.yaml", "-o", str(once), *args]) == 0
+    assert main(["prune", str(once), "-o", str(twice), *args]) == 0
     pickled = torch.load(twice, weights_only=False)["model"].eval()
     rebuilt = yoloprune.load(twice)  # the composed plan replays onto a fresh yolo11n in one step
-    assert rebuilt.model[0].conv.out_channels == 9 == pickled.model[0].conv.out_channels
+    assert rebuilt.model[1].conv.out_channels == 17 == pickled.model[1].conv.out_channels  # 32 -> 23 -> 17
     assert torch.allclose(detections(rebuilt(X)), detections(pickled(X)), atol=1e-5)
 
 

@@ -26,7 +26,8 @@ def test_yolov8n_exact_with_concrete_counts():
     m = build("yolov8n.yaml")
     report = prune_exact(m, X, ratio=0.3, outputs=detections)
     assert report.family == "ultralytics"
-    assert out_channels(m, "model.0.conv", "model.1.conv", "model.2.cv1.conv", "model.2.cv2.conv") == (12, 23, 24, 23)
+    # the first conv is protected by default; everything else loses floor(0.3 * n)
+    assert out_channels(m, "model.0.conv", "model.1.conv", "model.2.cv1.conv", "model.2.cv2.conv") == (16, 23, 24, 23)
     assert m.model[2].c == 12 and m.model[8].c == 90  # C2f.c follows cv1's halves
     x = torch.rand(1, 23, 16, 16)  # forward_split (split by self.c) still works
     assert torch.allclose(m.model[2].forward_split(x), m.model[2](x), atol=1e-6)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from . import __version__
 from .export import ExportError
 from .graph import PruneError, TraceError
-from .importance import CRITERIA
+from .importance import AGGREGATES, CRITERIA
 
 USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError, ExportError)
 
@@ -31,6 +31,8 @@ def _prune(args: argparse.Namespace) -> int:
     out = check_output(args.output, [args.model], args.force)
     x = example_input(args.imgsz)
     loaded = load_model(args.model, args.family)
+    if args.importance == "taylor":
+        raise ValueError("--importance taylor needs training data; it is available from `yoloprune finetune`")
     report = prune(
         loaded.model,
         x,
@@ -38,6 +40,17 @@ def _prune(args: argparse.Namespace) -> int:
         importance=args.importance,
         seed=args.seed,
         ignore=args.ignore,
+        target_macs=args.target_macs,
+        target_params=args.target_params,
+        target_latency_ms=args.target_latency,
+        latency_imgsz=args.imgsz,
+        latency_threads=args.threads,
+        global_ranking=args.global_ranking,
+        max_ratio=args.max_ratio,
+        round_to=args.round_to,
+        aggregate=args.aggregate,
+        steps=args.steps,
+        protect_first=not args.prune_first,
         prune_head=args.prune_head,
         family=loaded.family,
     )
@@ -55,15 +68,18 @@ def _prune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"output": str(out), **summary}, indent=1))
         return 0
-    print(
-        f"{args.model} ({report.family}) pruned with {args.importance} at ratio {args.ratio} in {report.seconds:.2f} s"
+    how = next(
+        f"{k.replace('_', ' ')} {v}" for k, v in report.settings.items() if k.startswith(("ratio", "target")) and v
     )
+    print(f"{args.model} ({report.family}) pruned with {args.importance} to {how} in {report.seconds:.2f} s")
     print(
         f"  MACs   {_human(report.macs_before)} -> {_human(report.macs_after)} ({report.macs_ratio:.1%}) "
         f"at {args.imgsz}x{args.imgsz}"
     )
     print(f"  params {_human(report.params_before)} -> {_human(report.params_after)} ({report.params_ratio:.1%})")
     print(f"  removed {report.channels_removed} channels in {report.groups_pruned} groups")
+    if report.latency_ms is not None:
+        print(f"  onnxruntime latency {report.latency_ms:.1f} ms ({args.threads} thread(s), {args.imgsz}x{args.imgsz})")
     for note in report.notes:
         print(f"  note: {note}")
     print(f"saved {out}")
@@ -183,8 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove channels physically and write a checkpoint in the family's format")
     p.add_argument("model", help="model config (yolov8s.yaml) or checkpoint (best.pt)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="where to write the pruned checkpoint")
-    p.add_argument("--ratio", type=float, default=0.3, help="fraction of each group's channels to remove (0.3)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--ratio", type=float, help="fraction of each group's channels to remove (default 0.3)")
+    how.add_argument("--target-macs", type=float, metavar="F", help="MACs as a fraction of the original (0.5)")
+    how.add_argument("--target-params", type=float, metavar="F", help="params as a fraction of the original")
+    how.add_argument("--target-latency", type=float, metavar="MS", help="onnxruntime CPU ms on this machine")
     p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
+    p.add_argument("--aggregate", default="mean", choices=AGGREGATES, help="combine a group's layers (mean)")
+    p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
+    p.add_argument("--max-ratio", type=float, default=0.8, help="most any group may lose with --global (0.8)")
+    p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8; 1 disables)")
+    p.add_argument("--steps", type=int, default=1, help="reach the target in this many steps (1)")
+    p.add_argument("--threads", type=int, default=1, help="threads for --target-latency measurements (1)")
+    p.add_argument("--prune-first", action="store_true", help="let the first layer be pruned too")
     p.add_argument("--seed", type=int, default=0, help="seed for random importance")
     p.add_argument("--imgsz", type=int, default=640, help="input size for tracing and MACs (640)")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")

@@ -72,15 +72,55 @@ def op_macs(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
 
 
 class MacCounter(TorchFunctionMode):
-    """Adds up ``op_macs`` of every call made while active."""
+    """Adds up ``op_macs`` of every call made while active. With ``meta``, CPU tensors a model cached outside its
+    parameters (anchor grids kept in plain lists) are moved to the meta device when they meet meta tensors."""
 
-    def __init__(self) -> None:
+    def __init__(self, meta: bool = False) -> None:
         super().__init__()
         self.total = 0
+        self.meta = meta
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.meta:
+            args, kwargs = meta_args(args, kwargs)
         out = func(*args, **kwargs)
         if func in COUNTERS:
             self.total += op_macs(func, args, kwargs, out)
         return out
+
+
+def meta_args(args: tuple, kwargs: dict, convert: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple:
+    """When a call mixes meta tensors with real ones (other than 0-dim scalars), move the real ones to meta."""
+    found = [t for t in _tensors(args) + _tensors(kwargs) if t.ndim > 0]
+    if not found or all(t.is_meta for t in found) or not any(t.is_meta for t in found):
+        return args, kwargs
+
+    def to_meta(t: torch.Tensor) -> torch.Tensor:
+        if t.is_meta or t.ndim == 0:  # CPU scalars mix with any device, and may be read as values
+            return t
+        return convert(t) if convert is not None else torch.empty_like(t, device="meta")
+
+    return _map(args, to_meta), _map(kwargs, to_meta)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def _map(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_map(o, fn) for o in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    return obj

@@ -46,7 +46,7 @@ def smoke_test(model: nn.Module, example_inputs: Any, meta: bool = True) -> Smok
         hooks.append(m.register_forward_hook(leave))
     inputs = _map_tensors(example_inputs, lambda t: torch.empty_like(t, device="meta")) if meta else example_inputs
     args, kwargs = _as_call_args(inputs)
-    counter = MacCounter()
+    counter = MacCounter(meta=meta)
     try:
         with torch.no_grad(), counter:
             net.eval()(*args, **kwargs)

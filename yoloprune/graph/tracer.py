@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from .macs import COUNTERS, op_macs
+from .macs import COUNTERS, meta_args, op_macs
 from .registry import Policy, policy_for
 from .slots import Labels, Slots, spread, uniform
 
@@ -314,28 +314,23 @@ class Tracer(TorchFunctionMode):
         return out
 
     def _meta_args(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        found = [t for t in tensors_in(args) + tensors_in(kwargs) if t.ndim > 0]
-        if not found or all(t.is_meta for t in found) or not any(t.is_meta for t in found):
-            return args, kwargs
+        return meta_args(args, kwargs, self._to_meta)
 
-        def to_meta(t: torch.Tensor) -> torch.Tensor:
-            if t.is_meta or t.ndim == 0:  # CPU scalars mix with any device, and may be read as values
-                return t
-            m = torch.empty_like(t, device="meta")
-            self._keep.append(m)
-            name = self.names.get(id(t))
-            if name is not None:  # the same model tensor under another device: keep its identity
-                self.names[id(m)] = name
-                if id(t) in self.buffer_ids:
-                    self.buffer_ids.add(id(m))
-                entry = self.table.get(id(t))
-                if entry is not None and entry[0] is t:
-                    self.put(m, entry[1])
-            else:
-                self.put(m, self.get(t))
-            return m
-
-        return _map_tensors(args, to_meta), _map_tensors(kwargs, to_meta)
+    def _to_meta(self, t: torch.Tensor) -> torch.Tensor:
+        """A meta stand-in for a real tensor met during a meta trace, with the same identity and labels."""
+        m = torch.empty_like(t, device="meta")
+        self._keep.append(m)
+        name = self.names.get(id(t))
+        if name is not None:  # the same model tensor under another device
+            self.names[id(m)] = name
+            if id(t) in self.buffer_ids:
+                self.buffer_ids.add(id(m))
+            entry = self.table.get(id(t))
+            if entry is not None and entry[0] is t:
+                self.put(m, entry[1])
+        else:
+            self.put(m, self.get(t))
+        return m
 
     # --------------------------------------------------------------------------------------------- running
     def run(self, inputs: Any, outputs: OutputSelector | None) -> None:

@@ -1,0 +1,137 @@
+"""Which channels to remove: per-group counts (uniform or global ranking), rounding, and searches for a target.
+
+Every candidate is costed with ``Graph.estimate`` (exact MACs/params from the trace, no removal), so a search over
+ratios or thresholds takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import Graph
+
+
+@dataclass
+class Selection:
+    """Channels flagged for removal, the count per group, and what rounding changed."""
+
+    removed: np.ndarray
+    counts: dict[int, int]
+    rounded: int = 0
+    too_small: list[int] = field(default_factory=list)
+    macs: int = 0
+    params: int = 0
+
+
+def _round(n: int, k: int, round_to: int) -> int:
+    """Channels to remove from a group of ``n`` so that the kept count is a multiple of ``round_to``."""
+    if k <= 0 or round_to <= 1:
+        return max(k, 0)
+    top = (n // round_to) * round_to
+    kept = min(max(round_to * round((n - k) / round_to), round_to), top)
+    return n - kept
+
+
+def uniform_counts(graph: Graph, ratio: float, max_ratio: float = 1.0) -> dict[int, int]:
+    """``floor(ratio * n)`` channels of every prunable group (capped by ``max_ratio``; one is always kept)."""
+    cap = min(ratio, max_ratio)
+    return {g.id: min(int(cap * g.channels), g.channels - 1) for g in graph.prunable_groups}
+
+
+def global_counts(graph: Graph, scores: np.ndarray, threshold: float, max_ratio: float) -> dict[int, int]:
+    """In every prunable group, the channels whose group-normalised score is below ``threshold``."""
+    counts = {}
+    for g in graph.prunable_groups:
+        cap = min(int(max_ratio * g.channels), g.channels - 1)
+        counts[g.id] = min(int((scores[g.comps] < threshold).sum()), cap)
+    return counts
+
+
+def finish(graph: Graph, scores: np.ndarray, counts: dict[int, int], round_to: int = 1) -> Selection:
+    """Round the counts, give tied groups the same count, and flag each group's lowest-scoring channels."""
+    final, rounded, too_small = {}, 0, []
+    for g in graph.prunable_groups:
+        k = counts.get(g.id, 0)
+        if k > 0 and round_to > 1 and g.channels < round_to:
+            too_small.append(g.id)
+            k = 0
+        r = _round(g.channels, k, round_to)
+        rounded += int(r != k)
+        final[g.id] = r
+    for tied in graph.tied().values():
+        k = min(final.get(g.id, 0) for g in tied)
+        for g in tied:
+            if g.id in final:
+                final[g.id] = k
+    removed = np.zeros(graph.num_comps, dtype=bool)
+    for g in graph.prunable_groups:
+        k = final[g.id]
+        if k > 0:
+            order = np.argsort(scores[g.comps], kind="stable")
+            removed[g.comps[order[:k]]] = True
+    macs, params = graph.estimate(removed)
+    return Selection(removed, final, rounded, too_small, macs, params)
+
+
+def normalise(graph: Graph, scores: np.ndarray) -> np.ndarray:
+    """Scores divided by their group's mean, so groups of different layers compare in a global ranking."""
+    out = scores.astype(float).copy()
+    for g in graph.groups:
+        mean = float(np.mean(scores[g.comps])) if g.channels else 0.0
+        out[g.comps] = scores[g.comps] / mean if mean > 0 else 0.0
+    return out
+
+
+def search(
+    graph: Graph,
+    scores: np.ndarray,
+    *,
+    target: float,
+    metric: str = "macs",
+    global_ranking: bool = False,
+    max_ratio: float = 0.8,
+    round_to: int = 1,
+    iterations: int = 40,
+) -> Selection:
+    """The selection whose MACs (or params) come closest to ``target`` x the unpruned model's.
+
+    Uniform: bisection on the ratio every group loses. Global: bisection on the threshold of group-normalised scores.
+    """
+    base = graph.estimate(np.zeros(graph.num_comps, dtype=bool))[0 if metric == "macs" else 1]
+    goal = target * base
+    ranked = normalise(graph, scores) if global_ranking else scores
+
+    def pick(x: float) -> Selection:
+        counts = global_counts(graph, ranked, x, max_ratio) if global_ranking else uniform_counts(graph, x, max_ratio)
+        return finish(graph, scores, counts, round_to)
+
+    def value(sel: Selection) -> int:
+        return sel.macs if metric == "macs" else sel.params
+
+    if global_ranking:
+        prunable = np.concatenate([g.comps for g in graph.prunable_groups]) if graph.prunable_groups else []
+        candidates = np.unique(ranked[prunable]) if len(prunable) else np.zeros(1)
+        lo, hi = 0, len(candidates)
+        best = pick(-np.inf)
+        while lo < hi:  # the smallest threshold whose selection reaches the goal
+            mid = (lo + hi) // 2
+            sel = pick(float(candidates[mid]) + 1e-12)
+            if value(sel) <= goal:
+                hi = mid
+            else:
+                lo = mid + 1
+            best = min((best, sel), key=lambda s: abs(value(s) - goal))
+        return best
+    lo, hi = 0.0, max_ratio
+    best = pick(0.0)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        sel = pick(mid)
+        if value(sel) <= goal:
+            hi = mid
+        else:
+            lo = mid
+        best = min((best, sel), key=lambda s: abs(value(s) - goal))
+    return best
