@@ -1,5 +1,9 @@
 """yoloprune: physically prune YOLO detectors on an exact channel-dependency graph."""
 
+import os
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: never reach for the network (YOLO_OFFLINE=0 to allow)
+
 from . import graph
 from .graph.surgery import PruneError
 from .graph.tracer import TraceError

@@ -9,11 +9,12 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
+from .data.datasets import DatasetError
 from .export import ExportError
 from .graph import PruneError, TraceError
 from .importance import AGGREGATES, CRITERIA
 
-USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError, ExportError)
+USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError, ExportError, DatasetError)
 
 
 def _human(n: float) -> str:
@@ -120,6 +121,54 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import bench
 
     result = bench(args.model, imgsz=args.imgsz, threads=args.threads, runs=args.runs, warmup=args.warmup)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .train import finetune
+
+    if not args.resume and args.model is None:
+        raise ValueError("give MODEL (or --resume to continue the run in -o)")
+    result = finetune(
+        args.model,
+        args.data,
+        epochs=args.epochs,
+        teacher=args.teacher,
+        kd_weight=args.kd_weight,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        lr0=args.lr0,
+        out=args.output,
+        workers=args.workers,
+        resume=args.resume,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+        return 0
+    print(f"fine-tuned {result.epochs} epoch(s) in {result.seconds:.0f} s; {result.params / 1e6:.3f}M params")
+    for key in ("metrics/mAP50-95(B)", "metrics/mAP50(B)"):
+        if key in result.metrics:
+            print(f"  {key}: {result.metrics[key]:.4f}")
+    print(f"saved {result.best} (and {result.last.name})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(
+        args.model,
+        args.data,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        conf=args.conf,
+        iou=args.iou,
+        family=args.family,
+        split=args.split,
+        max_images=args.max_images,
+    )
     print(json.dumps(result.to_dict(), indent=1) if args.json else result)
     return 0
 
@@ -245,6 +294,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (10)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("finetune", help="recover accuracy: train the pruned network as it is, optionally with KD")
+    p.add_argument("model", nargs="?", help="pruned checkpoint (or any ultralytics checkpoint)")
+    p.add_argument("--data", required=True, help="ultralytics data yaml (YOLO labels)")
+    p.add_argument("-o", "--output", default="runs/finetune", metavar="DIR", help="run folder (runs/finetune)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs (10)")
+    p.add_argument("--teacher", help="unpruned checkpoint to distil from")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="distillation loss weight (1.0)")
+    p.add_argument("--imgsz", type=int, default=640, help="training size (640)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")
+    p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers (2)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("eval", help="COCO mAP50-95 / mAP50 with pycocotools (checkpoints, configs, .onnx files)")
+    p.add_argument("model", help="checkpoint, config or .onnx file")
+    p.add_argument("--data", required=True, help="data yaml, COCO annotation JSON, or a dataset folder")
+    p.add_argument("--imgsz", type=int, default=640, help="inference size (640)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    p.add_argument("--conf", type=float, default=0.001, help="score threshold (0.001)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU (0.7)")
+    p.add_argument("--split", default="val", help="dataset split (val)")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_eval)
 
     data = sub.add_parser("data", help="datasets: `yoloprune data synth` writes the synthetic benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -8,7 +8,7 @@ import json
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,10 @@ def export_onnx(
 
     meta = {**(adapter.export_metadata(net, imgsz) if adapter is not None else {}), **(metadata or {})}
     meta["macs"], meta["params"] = str(count_macs(net, x)), str(count_params(net))
+    meta["preprocess"] = json.dumps(asdict(spec))
+    if adapter is not None and hasattr(adapter, "nms_layout"):
+        layout, nc = adapter.nms_layout(net)
+        meta["layout"], meta["nc"] = ("nms" if nms else layout), str(nc)
     meta["family"] = "generic" if adapter is None else adapter.__name__.rsplit(".", 1)[-1]
     meta["exported_by"] = "yoloprune"
     for key, value in meta.items():

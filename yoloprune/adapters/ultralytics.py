@@ -41,6 +41,7 @@ POLICIES: dict[Any, Policy] = {
     "AAttn": Policy(frozen_io=True),
 }
 
+FIXED_PARAMETERS = (".dfl.",)  # the DFL projection is a fixed arange, never trained
 PREPROCESS = Preprocess(rgb=True, scale=1 / 255, fill=114)  # letterboxed RGB in [0, 1]
 HEADS = ("Detect", "Segment", "Pose", "OBB", "Classify", "v10Detect", "WorldDetect", "YOLOEDetect", "RTDETRDecoder")
 

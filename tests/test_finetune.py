@@ -1,0 +1,155 @@
+"""Fine-tuning keeps the pruned network, distils, resumes, works offline; distillation runs across processes."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from helpers import randomize
+
+import yoloprune
+from yoloprune.adapters.ultralytics import from_config
+from yoloprune.data import synthesize
+from yoloprune.data.datasets import DatasetError
+from yoloprune.train import finetune
+from yoloprune.train.loop import distill
+
+X = torch.zeros(1, 3, 64, 64)
+FAST = {"imgsz": 64, "batch": 4, "workers": 0, "mosaic": 0.0, "val": True, "warmup_epochs": 0}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth") / "d", train=8, val=4, imgsz=64, classes=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """An unpruned 3-class yolov8n and a copy pruned to about half its MACs, both saved as checkpoints."""
+    root = tmp_path_factory.mktemp("models")
+    base = randomize(from_config({**from_config("yolov8n.yaml").yaml, "nc": 3}))
+    from yoloprune.adapters import Loaded
+    from yoloprune.adapters.ultralytics import save
+
+    save(Loaded(base, "ultralytics", "t", {"train_args": {}}), root / "teacher.pt", {})
+    pruned = randomize(from_config({**base.yaml, "nc": 3}))
+    pruned.load_state_dict(base.state_dict())
+    yoloprune.prune(pruned, X, target_macs=0.5)
+    save(Loaded(pruned, "ultralytics", "p", {"train_args": {}}), root / "pruned.pt", {"plan": pruned.yaml["yoloprune"]})
+    return root / "teacher.pt", root / "pruned.pt", sum(p.numel() for p in pruned.parameters())
+
+
+def test_finetune_keeps_the_pruned_network_and_writes_fp32(pair, data, tmp_path):
+    _teacher, pruned, params = pair
+    before = pruned.read_bytes()
+    result = finetune(pruned, data, epochs=1, out=tmp_path / "run", **FAST)
+    assert pruned.read_bytes() == before
+    assert result.params == params and result.best.is_file()
+    ckpt = torch.load(result.best, weights_only=False)
+    assert all(p.dtype == torch.float32 for p in ckpt["model"].parameters())
+    assert sum(p.numel() for p in ckpt["model"].parameters()) == params
+    rebuilt = yoloprune.load(result.best)  # the plan survived training
+    assert sum(p.numel() for p in rebuilt.parameters()) == params
+
+
+def test_distillation_adds_its_loss(pair, data, tmp_path):
+    teacher, pruned, _ = pair
+    result = finetune(pruned, data, epochs=1, teacher=teacher, kd_weight=2.0, out=tmp_path / "kd", **FAST)
+    assert result.metrics.get("train/kd_loss", 0) > 0
+
+
+def test_interrupted_run_resumes(pair, data, tmp_path):
+    _, pruned, params = pair
+
+    def stop(trainer):
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(pruned, data, epochs=2, out=tmp_path / "r", callbacks={"on_fit_epoch_end": stop}, **FAST)
+    result = finetune(None, data, epochs=2, out=tmp_path / "r", resume=True)
+    assert result.epochs == 2 and result.params == params
+
+
+def test_class_count_mismatch_is_caught_before_training(data, tmp_path):
+    from yoloprune.adapters import Loaded
+    from yoloprune.adapters.ultralytics import save
+
+    path = save(Loaded(from_config("yolov8n.yaml"), "ultralytics", "x", {"train_args": {}}), tmp_path / "m.pt", {})
+    with pytest.raises(DatasetError, match="class count mismatch"):
+        finetune(path, data, epochs=1, out=tmp_path / "bad", **FAST)
+    with pytest.raises(DatasetError, match="no such dataset"):
+        finetune(path, tmp_path / "missing.yaml", epochs=1, out=tmp_path / "bad2")
+
+
+def test_finetune_and_eval_work_with_the_network_blocked(pair, data, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    _, pruned, _ = pair
+    result = finetune(pruned, data, epochs=1, out=tmp_path / "offline", **{**FAST, "plots": True})
+    from yoloprune.evaluate import evaluate
+
+    metrics = evaluate(result.best, data, imgsz=64, batch=4)
+    assert metrics.images == 4 and 0.0 <= metrics.map50_95 <= 1.0
+
+
+def test_distillation_loop_on_unlabelled_images(data):
+    import copy
+
+    from yoloprune.images import Preprocess
+    from yoloprune.train.kd import decoded_kd
+    from yoloprune.train.loop import ImageFolder
+
+    teacher = randomize(from_config({**from_config("yolov8n.yaml").yaml, "nc": 3}))
+    with torch.no_grad():
+        for branch in teacher.model[-1].cv3:
+            branch[-1].bias.zero_()  # class probabilities near 0.5: informative targets for a random model
+    student = copy.deepcopy(teacher)
+    yoloprune.prune(student, X, target_macs=0.5)
+    images = ImageFolder(data.parent / "images" / "train", 64, Preprocess(), flip=False)
+    x = torch.stack([images[i] for i in range(len(images))])
+
+    def excess(m):  # distillation loss above its floor (the teacher against itself)
+        with torch.no_grad():
+            t = teacher.eval()(x)[0]
+            return float(decoded_kd(m.eval()(x)[0], t, "xywh-class", 3, 64) - decoded_kd(t, t, "xywh-class", 3, 64))
+
+    before = excess(student)
+    result = distill(student, teacher, data.parent / "images" / "train", epochs=3, imgsz=64, batch=4)
+    assert result.steps == 6 and 0 <= excess(student) < 0.8 * before
+    assert not any(p.requires_grad for p in student.parameters())
+
+
+def _rank(rank: int, world: int, port: int, student: str, teacher: str, images: str, out: dict) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from yoloprune.models import load_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(rank)  # different seeds: identical weights afterwards come from DDP, not luck
+    s, t = load_model(student).model, load_model(teacher).model
+    distill(s, t, images, epochs=1, imgsz=64, batch=2, max_steps=1, lr=1e-3)
+    out[rank] = torch.cat([p.detach().flatten() for p in s.parameters()]).sum().item()
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_keep_identical_weights(pair, data):
+    teacher, pruned, _ = pair
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_rank, args=(2, port, str(pruned), str(teacher), str(data.parent / "images" / "train"), out), nprocs=2)
+    before = torch.load(pruned, weights_only=False)["model"]
+    initial = torch.cat([p.detach().flatten() for p in before.parameters()]).sum().item()
+    assert out[0] == out[1] and out[0] != initial

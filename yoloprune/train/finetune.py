@@ -1,0 +1,202 @@
+"""``yoloprune.finetune``: recover a pruned model's accuracy, with optional distillation from the unpruned one."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..data.datasets import DatasetError, load_detection_set
+from ..io import load_trusted, save_atomic
+
+SETTINGS_FILE = "yoloprune_finetune.json"
+
+
+@dataclass
+class FinetuneResult:
+    """Where the fine-tuned weights went and what training reported."""
+
+    best: Path
+    last: Path
+    epochs: int
+    seconds: float
+    seconds_per_epoch: float
+    params: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["best"], out["last"] = str(self.best), str(self.last)
+        return out
+
+
+def _as_checkpoint(model: Any, path: Path) -> Path:
+    """A checkpoint file for ``model``: a path is used as is, a module is written (ultralytics format)."""
+    if isinstance(model, (str, Path)):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"no such model: {model}")
+        return Path(model)
+    from ..adapters import Loaded, _adapter, resolve
+
+    target = resolve(model)
+    if target.family != "ultralytics":
+        raise ValueError(f"fine-tuning with labels supports ultralytics models; this is {target.family}")
+    _adapter("ultralytics").save(Loaded(target.module, "ultralytics", "memory", {"train_args": {}}), path, {})
+    return path
+
+
+def _check_data(data: str | Path) -> None:
+    """Fail before training on a dataset that cannot be trained on (both splits are read and validated)."""
+    if Path(data).suffix not in (".yaml", ".yml"):
+        raise DatasetError(f"fine-tuning needs an ultralytics data yaml with YOLO labels, got {data}")
+    for split in ("train", "val"):
+        load_detection_set(data, split)
+
+
+def finetune(
+    model: Any,
+    data: str | Path,
+    *,
+    epochs: int = 10,
+    teacher: Any = None,
+    kd_weight: float = 1.0,
+    imgsz: int = 640,
+    batch: int = 16,
+    device: str = "cpu",
+    lr0: float | None = None,
+    out: str | Path = "runs/finetune",
+    workers: int = 2,
+    resume: bool = False,
+    plots: bool = False,
+    seed: int = 0,
+    callbacks: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> FinetuneResult:
+    """Fine-tune a pruned ultralytics model (checkpoint path or module) on a data yaml, as it is.
+
+    With ``teacher`` (the unpruned model, path or module), ``kd_weight`` x distillation on the head's class logits
+    and box distributions is added to the detection loss. Training runs ultralytics' own trainer (EMA,
+    augmentation, warm-up, AMP on CUDA, ``device="0,1"`` for DDP); ``overrides`` pass any of its other settings.
+    Results go to ``out`` (``weights/best.pt`` and ``last.pt``, rewritten in fp32 with the pruning plan); with
+    ``resume`` an interrupted run continues from ``out/weights/last.pt``. The input model is never modified.
+    ``callbacks`` maps ultralytics callback events (``on_fit_epoch_end``...) to functions of the trainer.
+    """
+    from .ultralytics_trainer import TEACHER_ENV, WEIGHT_ENV, PrunedDetectionTrainer
+
+    start = time.perf_counter()
+    out = Path(out)
+    if epochs < 1 or batch < 1 or imgsz < 32:
+        raise ValueError("epochs and batch must be >= 1 and imgsz >= 32")
+    _check_data(data)
+    last = out / "weights" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+        saved = json.loads((out / SETTINGS_FILE).read_text()) if (out / SETTINGS_FILE).is_file() else {}
+        teacher_path = saved.get("teacher")
+        args = {"resume": str(last), "model": str(last)}
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        start_ckpt = _as_checkpoint(model, out / "start.pt")
+        teacher_path = str(_as_checkpoint(teacher, out / "teacher.pt")) if teacher is not None else None
+        args = {
+            "model": str(start_ckpt),
+            "data": str(data),
+            "epochs": epochs,
+            "imgsz": imgsz,
+            "batch": batch,
+            "device": device,
+            "workers": workers,
+            "project": str(out.parent.resolve()),
+            "name": out.name,
+            "exist_ok": True,
+            "plots": plots,
+            "seed": seed,
+            **overrides,
+        }
+        if lr0 is not None:
+            args["lr0"] = lr0
+        settings = {"teacher": teacher_path, "kd_weight": kd_weight, "args": args}
+        save_atomic_json(out / SETTINGS_FILE, settings)
+    previous = {k: os.environ.get(k) for k in (TEACHER_ENV, WEIGHT_ENV)}
+    try:
+        if teacher_path:
+            os.environ[TEACHER_ENV], os.environ[WEIGHT_ENV] = teacher_path, str(kd_weight)
+        else:
+            os.environ.pop(TEACHER_ENV, None)
+        trainer = PrunedDetectionTrainer(overrides=args)
+        for event, fn in (callbacks or {}).items():
+            trainer.add_callback(event, fn)
+        trainer.train()
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    weights = Path(trainer.save_dir) / "weights"
+    best, last = weights / "best.pt", weights / "last.pt"
+    params = 0
+    for path in (best, last):
+        if path.is_file():
+            params = _to_fp32(path, {"teacher": teacher_path, "kd_weight": kd_weight, "epochs": epochs})
+    seconds = time.perf_counter() - start
+    epochs_done = int(getattr(trainer, "epoch", epochs - 1)) + 1
+    metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
+    try:  # the last epoch's row of results.csv holds the training losses (kd_loss among them)
+        table = trainer.read_results_csv()
+        metrics.update({k.strip(): float(v[-1]) for k, v in table.items() if v and k.strip().startswith("train/")})
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return FinetuneResult(
+        best if best.is_file() else last,
+        last,
+        epochs_done,
+        seconds,
+        getattr(trainer, "epoch_time", seconds / max(epochs_done, 1)) or 0.0,
+        params,
+        metrics,
+    )
+
+
+def save_atomic_json(path: Path, data: dict[str, Any]) -> None:
+    from ..io import write_atomic
+
+    write_atomic(path, lambda f: f.write(json.dumps(data, indent=1, default=str).encode()))
+
+
+def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
+    """Rewrite a trainer checkpoint with its model in fp32 (the trainer saves fp16) and the pruning plan."""
+    ckpt = load_trusted(path)
+    net = ckpt.get("ema") or ckpt.get("model")
+    if not isinstance(net, nn.Module):
+        return 0
+    net = net.float()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    ckpt["model"], ckpt["ema"] = net, None
+    plan = (getattr(net, "yaml", None) or {}).get("yoloprune")
+    ckpt["yoloprune"] = (
+        {
+            "format": 1,
+            "family": "ultralytics",
+            "finetune": settings,
+            "plan": plan,
+            "config": {k: v for k, v in (net.yaml or {}).items() if k != "yoloprune"},
+            "names": dict(getattr(net, "names", {}) or {}),
+            "state_dict": net.state_dict(),
+            "imgsz": int(ckpt.get("train_args", {}).get("imgsz", 640)),
+        }
+        if plan
+        else {"format": 1, "family": "ultralytics", "finetune": settings}
+    )
+    save_atomic(ckpt, path)
+    return sum(p.numel() for p in net.parameters())
+
+
+__all__ = ["FinetuneResult", "finetune"]

@@ -1,0 +1,55 @@
+"""Knowledge distillation on detection-head outputs, which pruning never changes (so it works for every family)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _branch(preds: Any) -> dict[str, torch.Tensor]:
+    """The raw head outputs of an ultralytics model in train mode (one-to-many branch for end-to-end heads)."""
+    if isinstance(preds, (tuple, list)) and len(preds) == 2 and isinstance(preds[1], dict):
+        preds = preds[1]  # eval mode: (decoded, raw)
+    if isinstance(preds, dict) and "one2many" in preds:
+        preds = preds["one2many"]
+    if not isinstance(preds, dict) or "scores" not in preds or "boxes" not in preds:
+        raise ValueError("expected ultralytics head outputs with 'boxes' and 'scores'")
+    return preds
+
+
+def head_kd(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tensor:
+    """Distillation between two ultralytics heads' raw outputs: BCE of the student's class logits against the
+    teacher's probabilities, and KL divergence between their box distributions (DFL bins; MSE when the head
+    regresses boxes directly)."""
+    s, t = _branch(student), _branch(teacher)
+    s_cls, t_cls = s["scores"].float(), t["scores"].float().detach()
+    cls = F.binary_cross_entropy_with_logits(s_cls / temperature, (t_cls / temperature).sigmoid())
+    s_box, t_box = s["boxes"].float(), t["boxes"].float().detach()
+    bins = s_box.shape[1] // 4
+    if bins > 1:
+        b, _, a = s_box.shape
+        log_p = F.log_softmax(s_box.view(b, 4, bins, a) / temperature, 2)
+        q = F.softmax(t_box.view(b, 4, bins, a) / temperature, 2)
+        box = F.kl_div(log_p, q, reduction="none").sum(2).mean() * temperature**2
+    else:
+        box = F.mse_loss(s_box, t_box)
+    return cls + box
+
+
+def decoded_kd(student: torch.Tensor, teacher: torch.Tensor, layout: str, nc: int, imgsz: int) -> torch.Tensor:
+    """Distillation on decoded predictions (any family's export-mode output): class/objectness probabilities by
+    BCE against the teacher's, boxes (in image units) by L1 weighted with the teacher's confidence."""
+    if layout == "xywh-class":
+        s, t = student.transpose(1, 2).float(), teacher.transpose(1, 2).float().detach()
+        s_box, t_box, s_p, t_p = s[..., :4], t[..., :4], s[..., 4 : 4 + nc], t[..., 4 : 4 + nc]
+    elif layout == "xywh-obj-class":
+        s, t = student.float(), teacher.float().detach()
+        s_box, t_box, s_p, t_p = s[..., :4], t[..., :4], s[..., 4 : 5 + nc], t[..., 4 : 5 + nc]
+    else:
+        raise ValueError(f"distillation needs dense predictions, not layout {layout!r}")
+    probs = F.binary_cross_entropy(s_p.clamp(1e-6, 1 - 1e-6), t_p.clamp(0, 1))
+    weight = t_p.max(-1, keepdim=True).values
+    box = ((s_box - t_box).abs() / imgsz * weight).sum() / weight.sum().clamp_min(1e-6)
+    return probs + box

@@ -1,0 +1,158 @@
+"""Distillation-only recovery on unlabelled images, for any family, on one process or across GPUs (torchrun).
+
+The student learns to reproduce the teacher's decoded predictions (see ``kd.decoded_kd``) on a folder of images.
+Norm layers keep their statistics (the model runs in eval mode; only weights learn), which suits short recovery
+runs. Under ``torchrun`` each rank trains on its share of the images with ``DistributedDataParallel``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..images import Preprocess, check_imgsz, letterbox, list_images, read_image, to_tensor
+from .kd import decoded_kd
+
+
+class ImageFolder(Dataset):
+    """Letterboxed images of a folder, randomly flipped left-right."""
+
+    def __init__(self, folder: str | Path, imgsz: int, spec: Preprocess, flip: bool = True):
+        self.files, self.imgsz, self.spec, self.flip = list_images(folder), imgsz, spec, flip
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = letterbox(read_image(self.files[index]), self.imgsz, self.spec.fill)[0]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image[:, ::-1]
+        return to_tensor(image, self.spec)[0]
+
+
+@dataclass
+class DistillResult:
+    steps: int
+    epochs: int
+    seconds: float
+    last_loss: float
+    path: Path | None
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: str | Path,
+    *,
+    epochs: int = 1,
+    imgsz: int = 640,
+    batch: int = 8,
+    lr: float = 1e-4,
+    device: str = "cpu",
+    max_steps: int | None = None,
+    workers: int = 0,
+    seed: int = 0,
+    family: str | None = None,
+) -> DistillResult:
+    """Train ``student`` (in place) to match ``teacher``'s decoded predictions on the images in ``images``."""
+    from ..adapters import _adapter, resolve
+
+    check_imgsz(imgsz)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    rank, world = _world()
+    s_target, t_target = resolve(student, family, prune_head=True), resolve(teacher, family, prune_head=True)
+    adapter = _adapter(s_target.family)
+    layout, nc = adapter.nms_layout(s_target.module)
+    net, ref = s_target.module.to(device), t_target.module.to(device).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    fixed = tuple(getattr(adapter, "FIXED_PARAMETERS", ()))
+    for name, p in net.named_parameters():
+        p.requires_grad_(not any(part in name for part in fixed))
+    net.eval()  # norm statistics stay as they are; weights learn
+    model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    data = ImageFolder(images, imgsz, getattr(adapter, "PREPROCESS", Preprocess()))
+    sampler = DistributedSampler(data, world, rank, shuffle=True, seed=seed) if world > 1 else None
+    loader = DataLoader(
+        data,
+        batch_size=batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=len(data) >= batch * world,
+    )
+    total = max(1, epochs * len(loader)) if max_steps is None else max_steps
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    select_s = s_target.outputs or (lambda o: o)
+    select_t = t_target.outputs or (lambda o: o)
+    step, loss_value = 0, float("nan")
+    for epoch in range(epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for x in loader:
+            x = x.to(device)
+            with torch.no_grad():
+                target = _first(select_t(ref(x)))
+            loss = decoded_kd(_first(select_s(model(x))), target, layout, nc, imgsz)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            optimizer.step()
+            schedule.step()
+            step, loss_value = step + 1, float(loss.detach())
+            if step >= total:
+                break
+        if step >= total:
+            break
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return DistillResult(step, epoch + 1, time.perf_counter() - start, loss_value, None)
+
+
+def _first(out: Any) -> torch.Tensor:
+    from ..graph.tracer import tensors_in
+
+    return tensors_in(out)[0]
+
+
+def main() -> int:
+    """``torchrun --nproc_per_node N -m yoloprune.train.loop STUDENT TEACHER IMAGES OUT [epochs imgsz batch]``:
+    distil across processes (gloo on CPU, nccl on GPUs); rank 0 writes OUT in the student's family format."""
+    import sys
+
+    from ..models import load_model, save_model
+
+    student_path, teacher_path, images, out, *rest = sys.argv[1:]
+    epochs, imgsz, batch = (int(v) for v in ([*rest, "1", "640", "8"])[:3])
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    student, teacher = load_model(student_path), load_model(teacher_path)
+    distill(student.model, teacher.model, images, epochs=epochs, imgsz=imgsz, batch=batch, device=device)
+    if rank == 0:
+        save_model(student, out, {"distill": {"teacher": teacher_path, "epochs": epochs}})
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

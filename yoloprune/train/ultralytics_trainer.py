@@ -1,0 +1,88 @@
+"""Fine-tune a pruned ultralytics network with ultralytics' own trainer, without it rebuilding the network.
+
+Stock ``Model.train()`` rebuilds the network from ``model.yaml`` and copies the weights whose shapes match, which
+silently replaces a pruned model by an unpruned one. ``PrunedDetectionTrainer`` trains the network stored in the
+checkpoint it is given (``model=pruned.pt``), as it is, keeping every other feature of ultralytics' trainer: EMA,
+augmentation, warm-up, resume, AMP on CUDA and multi-GPU DDP (its subprocesses build this class again and load the
+same checkpoint). A teacher for distillation on the head outputs comes through ``YOLOPRUNE_TEACHER`` /
+``YOLOPRUNE_KD_WEIGHT``, so DDP subprocesses see it too.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils.torch_utils import unwrap_model
+
+from ..data.datasets import DatasetError
+from .kd import head_kd
+
+TEACHER_ENV, WEIGHT_ENV = "YOLOPRUNE_TEACHER", "YOLOPRUNE_KD_WEIGHT"
+
+
+class DistillCriterion:
+    """The model's own detection loss plus ``weight`` x head distillation from a frozen teacher."""
+
+    def __init__(self, base: Any, teacher: nn.Module, weight: float):
+        self.base, self.teacher, self.weight = base, teacher, weight
+
+    def __call__(self, preds: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, items = self.base(preds, batch)
+        if not isinstance(preds, dict):  # validation: keep the keys, add nothing
+            return loss, {**items, "kd_loss": torch.zeros((), device=loss.device)}
+        with torch.no_grad():
+            teacher = self.teacher(batch["img"])
+        kd = head_kd(preds, teacher) * self.weight
+        return loss + kd * batch["img"].shape[0], {**items, "kd_loss": kd.detach()}
+
+    def update(self) -> None:  # ultralytics calls this on criteria that schedule themselves
+        if hasattr(self.base, "update"):
+            self.base.update()
+
+
+def load_teacher(path: str, device: torch.device) -> nn.Module:
+    from ..io import load_trusted
+
+    ckpt = load_trusted(path)
+    net = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"{path} holds no model to distil from")
+    net = net.float().to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class PrunedDetectionTrainer(DetectionTrainer):
+    """ultralytics' ``DetectionTrainer`` that trains the given network as it is (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.add_callback("on_pretrain_routine_end", _attach_teacher)
+
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
+        if not isinstance(weights, nn.Module):
+            raise ValueError("PrunedDetectionTrainer trains an existing network: pass model=<checkpoint.pt>")
+        head = weights.model[-1] if isinstance(getattr(weights, "model", None), nn.Sequential) else None
+        if head is not None and hasattr(head, "nc") and head.nc != self.data["nc"]:
+            raise DatasetError(
+                f"class count mismatch: the model predicts {head.nc} classes, the dataset has {self.data['nc']}"
+            )
+        for p in weights.parameters():
+            p.requires_grad_(True)
+        return weights
+
+
+def _attach_teacher(trainer: PrunedDetectionTrainer) -> None:
+    """After the EMA copy exists (so it never carries the teacher), wrap the model's criterion with distillation."""
+    path = os.environ.get(TEACHER_ENV)
+    if not path:
+        return
+    model = unwrap_model(trainer.model)
+    base = model.init_criterion()
+    teacher = load_teacher(path, trainer.device)
+    model.criterion = DistillCriterion(base, teacher, float(os.environ.get(WEIGHT_ENV, "1.0")))
