@@ -104,31 +104,14 @@ def export_onnx(
 
         if dynamic:
             raise ValueError("--nms exports batch 1; it cannot be combined with --dynamic")
+        raw_net = export_net
         export_net = with_nms(export_net, adapter)
     x = load_batch(image or sample_image(), imgsz, spec)
     reference = _outputs(export_net, x)
     names = [f"output{i}" for i in range(len(reference))]
     axes = _dynamic_axes(export_net, x, names) if dynamic else None
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            export_net,
-            x,
-            buffer,
-            opset_version=opset,
-            dynamo=False,
-            input_names=["images"],
-            output_names=names,
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
+    proto = onnx.load_from_string(_to_onnx(export_net, x, opset, axes, simplify, names))
     notes = []
-    if simplify:
-        import onnxslim
-
-        proto = onnxslim.slim(proto)
     from .counting import count_macs, count_params
 
     meta = {**(adapter.export_metadata(net, imgsz) if adapter is not None else {}), **(metadata or {})}
@@ -153,8 +136,16 @@ def export_onnx(
         notes.append("INT8: static QDQ quantization; outputs differ from fp32 by design (difference reported)")
     got = _run_onnx(data, x)
     limit = tolerance if tolerance is not None else (1e-2 if half else 1e-3)
-    compare = _compare_detections if nms else _compare
-    worst_abs, worst_rel = compare(reference, got)
+    if nms:  # the network before NMS must match strictly; the NMS result must be a valid NMS of it
+        from .nms import check_nms
+
+        raw = _to_onnx(raw_net, x, opset, None, simplify)
+        worst_abs, worst_rel = _compare(_outputs(raw_net, x), _run_onnx(raw, x))
+        problem = check_nms(export_net, x, torch.from_numpy(got[0]).float())
+        if problem:
+            raise ExportError(f"the NMS graph disagrees with PyTorch: {problem}; no file written")
+    else:
+        worst_abs, worst_rel = _compare(reference, got)
     if worst_rel > limit and int8_calib is None:
         raise ExportError(
             f"onnxruntime differs from PyTorch by {worst_rel:.2e} (relative; limit {limit:.0e}); no file written"
@@ -165,25 +156,30 @@ def export_onnx(
     )
 
 
-def _compare_detections(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
-    """NMS keeps or drops near-tied boxes on 1e-7 differences, so detections are compared as sets: every
-    detection on either side must have a same-class partner within 1e-3 (relative) on the other, except for at most
-    5% of them; the largest difference among the matched pairs is reported."""
-    ref, out = reference[0].float().numpy(), got[0].astype(np.float32)
-    if not len(ref) and not len(out):
-        return 0.0, 0.0
-    scale = max(float(np.abs(ref[:, :5]).max()) if len(ref) else 1.0, 1e-12)
-    if not len(ref) or not len(out):
-        raise ExportError(f"NMS kept {len(out)} detections in onnxruntime and {len(ref)} in PyTorch; no file written")
-    distance = np.abs(ref[:, None, :5] - out[None, :, :5]).max(-1) + 1e9 * (ref[:, None, 5] != out[None, :, 5])
-    near = distance <= 1e-3 * scale
-    unmatched = int((~near.any(1)).sum() + (~near.any(0)).sum())
-    if unmatched > 0.05 * (len(ref) + len(out)):
-        raise ExportError(f"{unmatched} of {len(ref) + len(out)} detections have no partner between onnxruntime and "
-                          "PyTorch; no file written")
-    matched = distance.min(1)[near.any(1)]
-    worst = float(matched.max()) if matched.size else 0.0
-    return worst, worst / scale
+def _to_onnx(
+    net: nn.Module, x: torch.Tensor, opset: int, axes: dict | None, simplify: bool, names: list[str] | None = None
+) -> bytes:
+    """ONNX bytes of ``net`` traced on ``x`` (TorchScript exporter), simplified with onnxslim when asked."""
+    buffer = io.BytesIO()
+    net.eval()  # the exporter restores the mode it finds, recursively
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            x,
+            buffer,
+            opset_version=opset,
+            dynamo=False,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+    if not simplify:
+        return buffer.getvalue()
+    import onnxslim
+
+    return onnxslim.slim(onnx.load_from_string(buffer.getvalue())).SerializeToString()
 
 
 def _meta_value(value: Any) -> str:
