@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .data.datasets import DatasetError
@@ -173,6 +174,31 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    targets = [float(t) for t in args.targets.split(",") if t.strip()]
+    points = sweep(
+        args.model,
+        args.data,
+        args.output,
+        targets,
+        finetune_epochs=args.finetune_epochs,
+        kd_weight=args.kd_weight,
+        importance=args.importance,
+        global_ranking=args.global_ranking,
+        round_to=args.round_to,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        threads=args.threads,
+        runs=args.runs,
+        device=args.device,
+    )
+    print((Path(args.output) / "report.md").read_text())
+    print(f"wrote {len(points)} points to {args.output} (results.csv, results.json, pareto.png, report.md)")
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from .data import synthesize
 
@@ -323,6 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, help="model family when the file cannot tell")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("sweep", help="mAP versus latency over MACs targets: table, JSON, CSV and a Pareto plot")
+    p.add_argument("model", help="checkpoint to prune (every point starts from it)")
+    p.add_argument("--data", required=True, help="data yaml or COCO dataset to evaluate (and fine-tune) on")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="sweep folder (resumable)")
+    p.add_argument("--targets", default="0.9,0.75,0.6,0.5,0.4,0.3", help="MACs fractions (0.9,0.75,0.6,0.5,0.4,0.3)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point this many epochs (0)")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="distillation weight when fine-tuning (1.0)")
+    p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
+    p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
+    p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8)")
+    p.add_argument("--imgsz", type=int, default=640, help="size for evaluation, export and latency (640)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (1)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per point (30)")
+    p.add_argument("--device", default="cpu", help="device for fine-tuning (cpu)")
+    p.set_defaults(func=_sweep)
 
     data = sub.add_parser("data", help="datasets: `yoloprune data synth` writes the synthetic benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -1,0 +1,59 @@
+"""Sweeps: one point per target from the original model, written as they finish, resumable, with a Pareto plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from helpers import randomize
+
+from yoloprune import sweep as sweep_module
+from yoloprune.adapters import Loaded
+from yoloprune.adapters.ultralytics import from_config, save
+from yoloprune.cli import main
+from yoloprune.data import synthesize
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    data = synthesize(root / "data", train=4, val=4, imgsz=64, classes=3, seed=2)
+    net = randomize(from_config({**from_config("yolov8n.yaml").yaml, "nc": 3}))
+    checkpoint = save(Loaded(net, "ultralytics", "x", {"train_args": {}}), root / "base.pt", {})
+    return data, checkpoint
+
+
+def test_sweep_writes_every_point_and_resumes(setup, tmp_path, monkeypatch, capsys):
+    data, checkpoint = setup
+    out = tmp_path / "s"
+    argv = ["sweep", str(checkpoint), "--data", str(data), "-o", str(out), "--targets", "0.7,0.4", "--imgsz", "64",
+            "--runs", "2", "--batch", "4"]
+    assert main(argv) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [float(r["target"]) for r in rows] == [1.0, 0.7, 0.4]
+    macs = [int(r["macs"]) for r in rows]
+    assert macs[0] > macs[1] > macs[2] and abs(macs[2] / macs[0] - 0.4) < 0.03
+    assert (out / "pareto.png").stat().st_size > 10_000 and "| unpruned |" in (out / "report.md").read_text()
+    assert json.loads((out / "results.json").read_text())[1]["onnx"].endswith(".onnx")
+    (out / "points" / "0.400.json").unlink()
+    calls = []
+    real = sweep_module.measure_point
+    monkeypatch.setattr(sweep_module, "measure_point", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert main(argv) == 0
+    assert calls == [0.4]  # only the missing point was recomputed
+
+
+def test_sweep_with_finetuning(setup, tmp_path):
+    data, checkpoint = setup
+    points = sweep_module.sweep(checkpoint, data, tmp_path / "ft", [0.5], finetune_epochs=1, imgsz=64, batch=4,
+                                runs=1, finetune_args={"workers": 0, "mosaic": 0.0, "warmup_epochs": 0})
+    assert len(points) == 2 and "finetune" in points[1].checkpoint
+    assert torch.load(points[1].checkpoint, weights_only=False)["yoloprune"]["finetune"]["teacher"]
+
+
+def test_bad_targets(setup, tmp_path, capsys):
+    data, checkpoint = setup
+    assert main(["sweep", str(checkpoint), "--data", str(data), "-o", str(tmp_path / "x"), "--targets", "1.5"]) == 2
+    assert "MACs fractions in (0, 1)" in capsys.readouterr().err

@@ -1,0 +1,226 @@
+"""mAP versus latency: prune one model to several MACs targets, fine-tune, evaluate, export and time each point.
+
+Every point starts from the original model (never cumulatively) and is written to ``DIR/points/`` as soon as it is
+done, so a sweep that was stopped recomputes only the missing points. ``results.csv``, ``results.json``, a Pareto
+plot and ``report.md`` are rewritten from the points at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import write_atomic
+
+FIELDS = ["target", "macs", "params", "map50_95", "map50", "latency_p50_ms", "checkpoint", "onnx", "seconds"]
+
+
+@dataclass
+class Point:
+    """One model of the sweep; ``target`` 1.0 is the unpruned model."""
+
+    target: float
+    macs: int
+    params: int
+    map50_95: float
+    map50: float
+    latency_p50_ms: float
+    checkpoint: str
+    onnx: str
+    seconds: float
+
+
+def progress(items: Iterable[Any], desc: str) -> Iterator[Any]:
+    """tqdm when it is installed, a line per item otherwise."""
+    try:
+        from tqdm import tqdm
+
+        yield from tqdm(items, desc=desc, file=sys.stderr)
+    except ImportError:
+        items = list(items)
+        for i, item in enumerate(items, 1):
+            print(f"{desc}: {i}/{len(items)}", file=sys.stderr, flush=True)
+            yield item
+
+
+def measure_point(
+    target: float,
+    checkpoint: Path,
+    data: str | Path,
+    imgsz: int,
+    batch: int,
+    threads: int,
+    runs: int,
+    start: float,
+) -> Point:
+    """Evaluate, export and time one checkpoint."""
+    from .bench import onnx_latency
+    from .counting import count_macs, count_params
+    from .evaluate import evaluate
+    from .export import export_onnx
+    from .models import load_model
+
+    loaded = load_model(str(checkpoint))
+    x = torch.zeros(1, 3, imgsz, imgsz)
+    metrics = evaluate(loaded.model, data, imgsz=imgsz, batch=batch, family=loaded.family)
+    onnx = checkpoint.with_suffix(".onnx")
+    export_onnx(loaded.model, onnx, imgsz=imgsz, family=loaded.family)
+    latency = onnx_latency(onnx, imgsz, threads, runs=runs, warmup=5).p50
+    return Point(
+        target,
+        count_macs(loaded.model, x),
+        count_params(loaded.model),
+        metrics.map50_95,
+        metrics.map50,
+        latency,
+        str(checkpoint),
+        str(onnx),
+        time.perf_counter() - start,
+    )
+
+
+def sweep(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    targets: Iterable[float] = (0.9, 0.75, 0.6, 0.5, 0.4, 0.3),
+    *,
+    finetune_epochs: int = 0,
+    kd_weight: float = 1.0,
+    importance: str = "l2",
+    global_ranking: bool = False,
+    round_to: int = 8,
+    imgsz: int = 640,
+    batch: int = 16,
+    threads: int = 1,
+    runs: int = 30,
+    device: str = "cpu",
+    finetune_args: dict[str, Any] | None = None,
+) -> list[Point]:
+    """Run (or finish) a sweep of ``model`` (a checkpoint) over MACs ``targets``; returns every point, the unpruned
+    one (target 1.0) first."""
+    from .models import example_input, load_model, save_model
+    from .prune import prune
+
+    out = Path(out)
+    points_dir, models_dir = out / "points", out / "models"
+    points_dir.mkdir(parents=True, exist_ok=True)
+    models_dir.mkdir(exist_ok=True)
+    targets = sorted({float(t) for t in targets}, reverse=True)
+    if any(not 0 < t < 1 for t in targets):
+        raise ValueError("sweep targets are MACs fractions in (0, 1)")
+    for target in progress([1.0, *targets], "sweep"):
+        record = points_dir / f"{target:.3f}.json"
+        if record.is_file():
+            continue
+        start = time.perf_counter()
+        if target == 1.0:
+            checkpoint = Path(model)
+            if checkpoint.suffix != ".pt":
+                loaded = load_model(str(model))
+                checkpoint = models_dir / "unpruned.pt"
+                save_model(loaded, checkpoint, {})
+        else:
+            loaded = load_model(str(model))
+            report = prune(
+                loaded.model,
+                example_input(imgsz),
+                target_macs=target,
+                importance=importance,
+                global_ranking=global_ranking,
+                round_to=round_to,
+                family=loaded.family,
+            )
+            checkpoint = models_dir / f"pruned-{target:.3f}.pt"
+            save_model(
+                loaded, checkpoint, {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan}
+            )
+            if finetune_epochs > 0:
+                from .train import finetune
+
+                teacher = model if Path(model).suffix == ".pt" else None
+                result = finetune(
+                    checkpoint,
+                    data,
+                    epochs=finetune_epochs,
+                    teacher=teacher,
+                    kd_weight=kd_weight,
+                    imgsz=imgsz,
+                    batch=batch,
+                    device=device,
+                    out=out / "finetune" / f"{target:.3f}",
+                    **(finetune_args or {}),
+                )
+                checkpoint = result.best
+        point = measure_point(target, checkpoint, data, imgsz, batch, threads, runs, start)
+        write_atomic(record, lambda f, p=point: f.write(json.dumps(asdict(p), indent=1).encode()))
+    points = [Point(**json.loads(p.read_text())) for p in sorted(points_dir.glob("*.json"))]
+    points.sort(key=lambda p: -p.target)
+    write_results(points, out)
+    return points
+
+
+def write_results(points: list[Point], out: Path) -> None:
+    """results.csv, results.json, pareto.png and report.md from the points."""
+    rows = [asdict(p) for p in points]
+    write_atomic(out / "results.json", lambda f: f.write(json.dumps(rows, indent=1).encode()))
+
+    def write_csv(f: Any) -> None:
+        text = [",".join(FIELDS)] + [",".join(str(r[k]) for k in FIELDS) for r in rows]
+        f.write(("\n".join(text) + "\n").encode())
+
+    write_atomic(out / "results.csv", write_csv)
+    plot(points, out / "pareto.png")
+    base = next((p for p in points if p.target == 1.0), None)
+    lines = [
+        "# mAP versus latency",
+        "",
+        "| MACs target | GMACs | params (M) | mAP50-95 | mAP50 | ONNX p50 (ms) | latency vs unpruned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        ratio = p.latency_p50_ms / base.latency_p50_ms if base else float("nan")
+        name = "unpruned" if p.target == 1.0 else f"{p.target:.2f}"
+        lines.append(
+            f"| {name} | {p.macs / 1e9:.2f} | {p.params / 1e6:.2f} | {p.map50_95:.4f} | {p.map50:.4f} | "
+            f"{p.latency_p50_ms:.1f} | {ratio:.2f} |"
+        )
+    lines += ["", "![Pareto plot](pareto.png)", ""]
+    write_atomic(out / "report.md", lambda f: f.write("\n".join(lines).encode()))
+
+
+def plot(points: list[Point], path: Path) -> None:
+    """mAP50-95 against ONNX latency and against MACs, the unpruned model marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "latency_p50_ms", "onnxruntime CPU latency p50 (ms)"), (axes[1], "macs", "GMACs")):
+        xs = [getattr(p, key) / (1e9 if key == "macs" else 1) for p in points]
+        ys = [p.map50_95 for p in points]
+        ax.plot(xs, ys, "o-", color="tab:blue", label="pruned")
+        for p, x, y in zip(points, xs, ys):
+            if p.target == 1.0:
+                ax.plot([x], [y], "*", color="tab:red", markersize=14, label="unpruned")
+            else:
+                ax.annotate(f"{p.target:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mAP50-95")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+
+    def save(f: Any) -> None:
+        fig.savefig(f, format="png", dpi=110)
+
+    write_atomic(path, save)
+    plt.close(fig)
