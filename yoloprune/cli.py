@@ -199,6 +199,13 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    demo(args.output, quick=args.quick)
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from .data import synthesize
 
@@ -261,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yoloprune", description="Prune YOLO detectors physically and exactly.")
     parser.add_argument("--version", action="version", version=f"yoloprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole job on the synthetic benchmark: train, prune, fine-tune, eval, export")
+    p.add_argument("-o", "--output", default="runs/demo", metavar="DIR", help="output folder (runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a two-minute smoke version")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("inspect", help="list a model's coupled channel groups (members, size, frozen and why)")
     p.add_argument("model", help="model config (e.g. yolov8n.yaml)")

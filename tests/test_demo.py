@@ -1,0 +1,23 @@
+"""The README's main job, in its quick form: data, baseline, prune, fine-tune, eval, export, bench, report."""
+
+from __future__ import annotations
+
+import json
+
+from yoloprune.cli import main
+
+
+def test_quick_demo_end_to_end_and_reuses_its_baseline(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "| baseline |" in printed and "| pruned + fine-tuned (KD) |" in printed
+    results = json.loads((out / "results.json").read_text())
+    base, pruned, tuned = results["rows"]
+    assert 0.45 <= pruned["macs"] / base["macs"] <= 0.55 and tuned["params"] == pruned["params"] < base["params"]
+    assert base["latency_ms"] > 0 and tuned["latency_ms"] > 0
+    for name in ("report.md", "pareto.png", "baseline.onnx", "pruned.onnx", "pruned.pt"):
+        assert (out / name).is_file()
+    stamp = (out / "baseline" / "weights" / "best.pt").stat().st_mtime
+    assert main(["demo", "-o", str(out), "--quick"]) == 0
+    assert (out / "baseline" / "weights" / "best.pt").stat().st_mtime == stamp  # the baseline was reused
