@@ -206,6 +206,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe, run
+
+    recipe = load_recipe(args.recipe, args.set)
+    out = args.output or f"runs/{recipe['name']}"
+    results = run(recipe, out)
+    print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from .data import synthesize
 
@@ -378,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=30, help="timed runs per point (30)")
     p.add_argument("--device", default="cpu", help="device for fine-tuning (cpu)")
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("run", help="run a recipe (prune, fine-tune, eval, export, bench) from recipes/*.yaml")
+    p.add_argument("recipe", help="recipe yaml")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an entry (prune.target_macs=0.4)"
+    )
+    p.add_argument("-o", "--output", metavar="DIR", help="results folder (runs/<recipe name>)")
+    p.set_defaults(func=_run)
 
     data = sub.add_parser("data", help="datasets: `yoloprune data synth` writes the synthetic benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

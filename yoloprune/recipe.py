@@ -1,0 +1,259 @@
+"""Recipes: one yaml file that says how to prune, fine-tune, export and benchmark a model, checked strictly.
+
+An unknown key or a value of the wrong type is an error that names the key. ``--set section.key=value`` overrides
+entries; the resolved recipe is written next to the results and into the pruned checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .io import write_atomic
+
+NUMBER = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
+SCHEMA: dict[str, Any] = {
+    "name": str,
+    "description": str,
+    "family": (str, type(None)),
+    "model": str,
+    "data": (str, type(None)),
+    "imgsz": int,
+    "prune": {
+        "ratio": OPTIONAL_NUMBER,
+        "target_macs": OPTIONAL_NUMBER,
+        "target_params": OPTIONAL_NUMBER,
+        "target_latency_ms": OPTIONAL_NUMBER,
+        "importance": str,
+        "aggregate": str,
+        "global_ranking": bool,
+        "max_ratio": NUMBER,
+        "round_to": int,
+        "steps": int,
+        "ignore": list,
+        "prune_head": bool,
+    },
+    "finetune": {
+        "epochs": int,
+        "teacher": bool,
+        "kd_weight": NUMBER,
+        "batch": int,
+        "device": (str, int),
+        "lr0": OPTIONAL_NUMBER,
+        "workers": int,
+        "images": (str, type(None)),
+        "overrides": dict,
+    },
+    "export": {"opset": int, "half": bool, "dynamic": bool, "simplify": bool, "nms": bool},
+    "bench": {"threads": int, "runs": int},
+    "expected": dict,
+}
+DEFAULTS: dict[str, Any] = {
+    "name": "recipe",
+    "description": "",
+    "family": None,
+    "data": None,
+    "imgsz": 640,
+    "prune": {
+        "ratio": None,
+        "target_macs": 0.5,
+        "target_params": None,
+        "target_latency_ms": None,
+        "importance": "l2",
+        "aggregate": "mean",
+        "global_ranking": False,
+        "max_ratio": 0.8,
+        "round_to": 8,
+        "steps": 1,
+        "ignore": [],
+        "prune_head": False,
+    },
+    "finetune": {
+        "epochs": 0,
+        "teacher": True,
+        "kd_weight": 1.0,
+        "batch": 16,
+        "device": "cpu",
+        "lr0": None,
+        "workers": 2,
+        "images": None,
+        "overrides": {},
+    },
+    "export": {"opset": 17, "half": False, "dynamic": False, "simplify": True, "nms": False},
+    "bench": {"threads": 1, "runs": 50},
+    "expected": {},
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that does not validate."""
+
+
+def _check(node: Any, schema: Any, where: str) -> None:
+    if isinstance(schema, dict):
+        if not isinstance(node, dict):
+            raise RecipeError(f"{where or 'recipe'} must be a mapping, got {type(node).__name__}")
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key not in schema:
+                raise RecipeError(f"unknown key {path!r}; allowed here: {', '.join(schema)}")
+            _check(value, schema[key], path)
+        return
+    kinds = schema if isinstance(schema, tuple) else (schema,)
+    if isinstance(node, bool) and bool not in kinds:
+        raise RecipeError(f"{where} must be {'/'.join(k.__name__ for k in kinds)}, got a boolean")
+    if not isinstance(node, kinds):
+        raise RecipeError(f"{where} must be {'/'.join(k.__name__ for k in kinds)}, got {type(node).__name__}")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_recipe(path: str | Path, sets: list[str] = ()) -> dict[str, Any]:
+    """A recipe file with ``key.sub=value`` overrides applied, validated and completed with defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such recipe: {path}")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid yaml: {exc}") from exc
+    _check(recipe, SCHEMA, "")
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set expects key=value, got {item!r}")
+        node, parts = recipe, key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    _check(recipe, SCHEMA, "")
+    if "model" not in recipe:
+        raise RecipeError("the recipe names no model")
+    return _merge(DEFAULTS, recipe)
+
+
+def run(recipe: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Prune, fine-tune, evaluate, export and benchmark as the recipe says; returns (and writes) the results."""
+    from .bench import onnx_latency
+    from .evaluate import evaluate
+    from .export import export_onnx
+    from .models import example_input, load_model, save_model
+    from .prune import prune
+
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "recipe.resolved.yaml", lambda f: f.write(yaml.safe_dump(recipe, sort_keys=False).encode()))
+    imgsz, p = recipe["imgsz"], recipe["prune"]
+    loaded = load_model(recipe["model"], recipe["family"])
+    report = prune(
+        loaded.model,
+        example_input(imgsz),
+        ratio=p["ratio"],
+        importance=p["importance"],
+        ignore=p["ignore"],
+        target_macs=p["target_macs"],
+        target_params=p["target_params"],
+        target_latency_ms=p["target_latency_ms"],
+        latency_imgsz=imgsz,
+        latency_threads=recipe["bench"]["threads"],
+        global_ranking=p["global_ranking"],
+        max_ratio=p["max_ratio"],
+        round_to=p["round_to"],
+        aggregate=p["aggregate"],
+        steps=p["steps"],
+        prune_head=p["prune_head"],
+        family=loaded.family,
+    )
+    checkpoint = out / "pruned.pt"
+    save_model(
+        loaded,
+        checkpoint,
+        {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan, "recipe": recipe},
+    )
+    results: dict[str, Any] = {
+        "recipe": recipe["name"],
+        "prune": {k: v for k, v in report.to_dict().items() if k != "removed"},
+    }
+    f = recipe["finetune"]
+    if f["epochs"] > 0:
+        checkpoint = _finetune(recipe, checkpoint, out, loaded.family)
+        results["finetune"] = str(checkpoint)
+    final = load_model(str(checkpoint), loaded.family)
+    if recipe["data"]:
+        results["eval"] = evaluate(
+            final.model, recipe["data"], imgsz=imgsz, batch=f["batch"], family=final.family
+        ).to_dict()
+    e = recipe["export"]
+    onnx = out / "pruned.onnx"
+    export_onnx(
+        final.model,
+        onnx,
+        imgsz=imgsz,
+        opset=e["opset"],
+        dynamic=e["dynamic"],
+        simplify=e["simplify"],
+        half=e["half"],
+        nms=e["nms"],
+        family=final.family,
+    )
+    results["onnx"] = str(onnx)
+    b = recipe["bench"]
+    results["latency_p50_ms"] = onnx_latency(onnx, imgsz, b["threads"], runs=b["runs"]).p50
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    write_atomic(out / "results.json", lambda fh: fh.write(json.dumps(results, indent=1, default=str).encode()))
+    return results
+
+
+def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str) -> Path:
+    f = recipe["finetune"]
+    teacher = recipe["model"] if f["teacher"] else None
+    if family == "ultralytics":
+        from .train import finetune
+
+        if not recipe["data"]:
+            raise RecipeError("finetune.epochs > 0 needs data (an ultralytics data yaml)")
+        extra = {"lr0": f["lr0"]} if f["lr0"] is not None else {}
+        return finetune(
+            checkpoint,
+            recipe["data"],
+            epochs=f["epochs"],
+            teacher=teacher,
+            kd_weight=f["kd_weight"],
+            imgsz=recipe["imgsz"],
+            batch=f["batch"],
+            device=str(f["device"]),
+            workers=f["workers"],
+            out=out / "finetune",
+            **extra,
+            **f["overrides"],
+        ).best
+    if not f["images"] or not teacher:
+        raise RecipeError(f"{family} models recover by distillation: set finetune.images and finetune.teacher")
+    from .models import load_model, save_model
+    from .train.loop import distill
+
+    student, ref = load_model(str(checkpoint), family), load_model(teacher, family)
+    distill(
+        student.model,
+        ref.model,
+        f["images"],
+        epochs=f["epochs"],
+        imgsz=recipe["imgsz"],
+        batch=f["batch"],
+        device="cpu" if str(f["device"]) == "cpu" else "cuda",
+    )
+    tuned = out / "distilled.pt"
+    save_model(student, tuned, {"distill": {"teacher": teacher, "epochs": f["epochs"]}})
+    return tuned
