@@ -11,4 +11,12 @@ from .models import load
 from .prune import PruneReport, prune
 
 __version__ = "0.1.0"
-__all__ = ["PruneError", "PruneReport", "TraceError", "__version__", "graph", "load", "prune"]
+__all__ = ["PruneError", "PruneReport", "TraceError", "__version__", "finetune", "graph", "load", "prune"]
+
+
+def __getattr__(name: str) -> object:  # lazy: fine-tuning imports ultralytics' trainer
+    if name == "finetune":
+        from .train import finetune
+
+        return finetune
+    raise AttributeError(f"module 'yoloprune' has no attribute {name!r}")
