@@ -17,7 +17,7 @@ from yoloprune.train import finetune
 from yoloprune.train.loop import distill
 
 X = torch.zeros(1, 3, 64, 64)
-FAST = {"imgsz": 64, "batch": 4, "workers": 0, "mosaic": 0.0, "val": True, "warmup_epochs": 0}
+FAST = {"imgsz": 64, "batch": 4, "nbs": 4, "workers": 0, "mosaic": 0.0, "val": True, "warmup_epochs": 0}
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,90 @@ def test_ddp_two_processes_keep_identical_weights(pair, data):
     before = torch.load(pruned, weights_only=False)["model"]
     initial = torch.cat([p.detach().flatten() for p in before.parameters()]).sum().item()
     assert out[0] == out[1] and out[0] != initial
+
+
+def test_sparsity_training_shrinks_bn_scales(pair, data, tmp_path):
+    _, pruned, _ = pair
+
+    def gammas(path):
+        net = torch.load(path, weights_only=False)["model"]
+        return torch.cat([m.weight.abs() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]).mean()
+
+    sgd = {**FAST, "optimizer": "SGD", "lr0": 0.05}
+    plain = finetune(pruned, data, epochs=2, out=tmp_path / "plain", **sgd)
+    sparse = finetune(pruned, data, epochs=2, sparsity=1.0, out=tmp_path / "sparse", **sgd)
+    assert gammas(sparse.last) < gammas(plain.last) - 0.05
+
+
+def test_cli_taylor_importance_and_steps_with_finetuning(pair, data, tmp_path, capsys):
+    from yoloprune.cli import main
+
+    teacher, _, _ = pair
+    out = tmp_path / "t.pt"
+    assert (
+        main(
+            [
+                "prune",
+                str(teacher),
+                "-o",
+                str(out),
+                "--importance",
+                "taylor",
+                "--data",
+                str(data),
+                "--imgsz",
+                "64",
+                "--target-macs",
+                "0.6",
+            ]
+        )
+        == 0
+    )
+    stepped = tmp_path / "s.pt"
+    assert (
+        main(
+            [
+                "prune",
+                str(teacher),
+                "-o",
+                str(stepped),
+                "--target-macs",
+                "0.5",
+                "--steps",
+                "2",
+                "--finetune-epochs",
+                "1",
+                "--data",
+                str(data),
+                "--imgsz",
+                "64",
+                "--batch",
+                "4",
+                "--max-drop",
+                "1.0",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "step 1: mAP50-95" in printed and (tmp_path / "s-steps" / "step1.pt").is_file()
+    section = torch.load(stepped, weights_only=False)["yoloprune"]
+    assert section["settings"]["steps"] == 2 and section["report"]["steps_done"] == 2
+    assert 0.47 <= section["report"]["macs_after"] / section["report"]["macs_before"] <= 0.53
+
+
+def test_taylor_leaves_the_model_unchanged(pair, data):
+    from yoloprune.adapters import resolve
+    from yoloprune.graph import build
+    from yoloprune.importance import channel_scores
+    from yoloprune.models import load_model
+    from yoloprune.train.batches import detection_loss, labelled_batches
+
+    teacher, _, _ = pair
+    net = load_model(str(teacher)).model.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    target = resolve(net)
+    graph = build(net, X, outputs=target.outputs, ignore=target.ignore, policies=target.policies)
+    scores = channel_scores(net, graph, "taylor", taylor_loss=detection_loss(labelled_batches(data, 64, 4, 2)))
+    assert scores.max() > 0 and not net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -33,8 +33,15 @@ def _prune(args: argparse.Namespace) -> int:
     out = check_output(args.output, [args.model], args.force)
     x = example_input(args.imgsz)
     loaded = load_model(args.model, args.family)
+    taylor_loss, between = None, None
+    if (args.importance == "taylor" or args.finetune_epochs) and not args.data:
+        raise ValueError("--importance taylor and --finetune-epochs need --data (a labelled data yaml)")
     if args.importance == "taylor":
-        raise ValueError("--importance taylor needs training data; it is available from `yoloprune finetune`")
+        from .train.batches import detection_loss, labelled_batches
+
+        taylor_loss = detection_loss(labelled_batches(args.data, args.imgsz))
+    if args.finetune_epochs:
+        between = _between_steps(loaded, args, out.parent / f"{out.stem}-steps")
     report = prune(
         loaded.model,
         x,
@@ -52,6 +59,8 @@ def _prune(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         aggregate=args.aggregate,
         steps=args.steps,
+        between_steps=between,
+        taylor_loss=taylor_loss,
         protect_first=not args.prune_first,
         prune_head=args.prune_head,
         family=loaded.family,
@@ -86,6 +95,38 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print(f"saved {out}")
     return 0
+
+
+def _between_steps(loaded, args: argparse.Namespace, folder: Path):
+    """After each pruning step: a short fine-tune (distilling from the input checkpoint) and, with --max-drop, a
+    stop when validation mAP50-95 fell more than that below the unpruned model's."""
+    from .evaluate import evaluate
+    from .io import load_trusted
+    from .models import save_model
+    from .train import finetune
+
+    teacher = args.model if Path(args.model).suffix == ".pt" else None
+    base = evaluate(loaded.model, args.data, imgsz=args.imgsz).map50_95 if args.max_drop is not None else None
+
+    def callback(step: int, model) -> bool:
+        checkpoint = save_model(loaded, folder / f"step{step}.pt", {})
+        result = finetune(
+            checkpoint,
+            args.data,
+            epochs=args.finetune_epochs,
+            teacher=teacher,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            out=folder / f"step{step}",
+        )
+        loaded.model.load_state_dict(load_trusted(result.best)["model"].float().state_dict())
+        if base is None:
+            return True
+        current = evaluate(loaded.model, args.data, imgsz=args.imgsz).map50_95
+        print(f"  step {step}: mAP50-95 {current:.4f} (unpruned {base:.4f})")
+        return base - current <= args.max_drop
+
+    return callback
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -137,6 +178,7 @@ def _finetune(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         teacher=args.teacher,
         kd_weight=args.kd_weight,
+        sparsity=args.sparsity,
         imgsz=args.imgsz,
         batch=args.batch,
         device=args.device,
@@ -309,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1, help="reach the target in this many steps (1)")
     p.add_argument("--threads", type=int, default=1, help="threads for --target-latency measurements (1)")
     p.add_argument("--prune-first", action="store_true", help="let the first layer be pruned too")
+    p.add_argument("--data", help="labelled data yaml for --importance taylor and --finetune-epochs")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune between --steps (0)")
+    p.add_argument("--batch", type=int, default=16, help="batch size for fine-tuning between steps (16)")
+    p.add_argument("--max-drop", type=float, help="stop the steps when mAP50-95 drops more than this")
     p.add_argument("--seed", type=int, default=0, help="seed for random importance")
     p.add_argument("--imgsz", type=int, default=640, help="input size for tracing and MACs (640)")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
@@ -350,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="epochs (10)")
     p.add_argument("--teacher", help="unpruned checkpoint to distil from")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation loss weight (1.0)")
+    p.add_argument("--sparsity", type=float, default=0.0, help="BN-L1 strength for sparsity training (0)")
     p.add_argument("--imgsz", type=int, default=640, help="training size (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")

@@ -114,6 +114,7 @@ def _taylor_grads(model: nn.Module, loss_fn: LossFn | None) -> dict[str, torch.T
     if loss_fn is None:
         raise ValueError("importance 'taylor' needs data: pass taylor_loss (the CLI builds it from --data)")
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}  # the loss may run in train mode
     training = model.training
     try:
         for p in model.parameters():
@@ -126,4 +127,7 @@ def _taylor_grads(model: nn.Module, loss_fn: LossFn | None) -> dict[str, torch.T
         for name, p in model.named_parameters():
             p.grad = None
             p.requires_grad_(flags[name])
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
         model.train(training)

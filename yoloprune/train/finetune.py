@@ -65,6 +65,7 @@ def finetune(
     epochs: int = 10,
     teacher: Any = None,
     kd_weight: float = 1.0,
+    sparsity: float = 0.0,
     imgsz: int = 640,
     batch: int = 16,
     device: str = "cpu",
@@ -84,9 +85,10 @@ def finetune(
     augmentation, warm-up, AMP on CUDA, ``device="0,1"`` for DDP); ``overrides`` pass any of its other settings.
     Results go to ``out`` (``weights/best.pt`` and ``last.pt``, rewritten in fp32 with the pruning plan); with
     ``resume`` an interrupted run continues from ``out/weights/last.pt``. The input model is never modified.
+    ``sparsity`` > 0 adds BN-L1 regularisation (network slimming) for a later ``importance="bn"`` prune.
     ``callbacks`` maps ultralytics callback events (``on_fit_epoch_end``...) to functions of the trainer.
     """
-    from .ultralytics_trainer import TEACHER_ENV, WEIGHT_ENV, PrunedDetectionTrainer
+    from .ultralytics_trainer import SPARSITY_ENV, TEACHER_ENV, WEIGHT_ENV, PrunedDetectionTrainer
 
     start = time.perf_counter()
     out = Path(out)
@@ -99,6 +101,7 @@ def finetune(
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
         saved = json.loads((out / SETTINGS_FILE).read_text()) if (out / SETTINGS_FILE).is_file() else {}
         teacher_path = saved.get("teacher")
+        sparsity = float(saved.get("sparsity") or 0.0)
         args = {"resume": str(last), "model": str(last)}
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -121,10 +124,11 @@ def finetune(
         }
         if lr0 is not None:
             args["lr0"] = lr0
-        settings = {"teacher": teacher_path, "kd_weight": kd_weight, "args": args}
+        settings = {"teacher": teacher_path, "kd_weight": kd_weight, "sparsity": sparsity, "args": args}
         save_atomic_json(out / SETTINGS_FILE, settings)
-    previous = {k: os.environ.get(k) for k in (TEACHER_ENV, WEIGHT_ENV)}
+    previous = {k: os.environ.get(k) for k in (TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV)}
     try:
+        os.environ[SPARSITY_ENV] = str(sparsity)
         if teacher_path:
             os.environ[TEACHER_ENV], os.environ[WEIGHT_ENV] = teacher_path, str(kd_weight)
         else:

@@ -21,7 +21,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ..data.datasets import DatasetError
 from .kd import head_kd
 
-TEACHER_ENV, WEIGHT_ENV = "YOLOPRUNE_TEACHER", "YOLOPRUNE_KD_WEIGHT"
+TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV = "YOLOPRUNE_TEACHER", "YOLOPRUNE_KD_WEIGHT", "YOLOPRUNE_SPARSITY"
 
 
 class DistillCriterion:
@@ -75,6 +75,17 @@ class PrunedDetectionTrainer(DetectionTrainer):
         for p in weights.parameters():
             p.requires_grad_(True)
         return weights
+
+    def optimizer_step(self) -> None:
+        """With ``YOLOPRUNE_SPARSITY`` = lambda, add the subgradient of lambda * |gamma| of every batch norm scale
+        (network slimming), so a later ``--importance bn`` prune finds channels already near zero."""
+        strength = float(os.environ.get(SPARSITY_ENV) or 0.0)
+        if strength:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            for m in unwrap_model(self.model).modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None and m.weight.grad is not None:
+                    m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength * scale)
+        super().optimizer_step()
 
 
 def _attach_teacher(trainer: PrunedDetectionTrainer) -> None:
