@@ -42,10 +42,18 @@ def _prune(args: argparse.Namespace) -> int:
         taylor_loss = detection_loss(labelled_batches(args.data, args.imgsz))
     if args.finetune_epochs:
         between = _between_steps(loaded, args, out.parent / f"{out.stem}-steps")
+    unit_ratios, units_by = None, "stage"
+    if args.ratios_from:
+        from .sensitivity import read_ratios
+
+        chosen = read_ratios(args.ratios_from)
+        unit_ratios, units_by = chosen["ratios"], chosen["by"]
     report = prune(
         loaded.model,
         x,
         ratio=args.ratio,
+        unit_ratios=unit_ratios,
+        units_by=units_by,
         importance=args.importance,
         seed=args.seed,
         ignore=args.ignore,
@@ -80,7 +88,9 @@ def _prune(args: argparse.Namespace) -> int:
         print(json.dumps({"output": str(out), **summary}, indent=1))
         return 0
     how = next(
-        f"{k.replace('_', ' ')} {v}" for k, v in report.settings.items() if k.startswith(("ratio", "target")) and v
+        f"{k.replace('_', ' ')} {v}"
+        for k, v in report.settings.items()
+        if k.startswith(("ratio", "target", "unit")) and v
     )
     print(f"{args.model} ({report.family}) pruned with {args.importance} to {how} in {report.seconds:.2f} s")
     print(
@@ -258,6 +268,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    from .sensitivity import analyse, write_ratios
+
+    ratios = tuple(float(r) for r in args.ratios.split(",") if r.strip())
+    if not ratios or any(not 0 < r < 1 for r in ratios):
+        raise ValueError("--ratios are fractions in (0, 1)")
+    rows = analyse(
+        args.model,
+        args.data,
+        args.output,
+        ratios=ratios,
+        by=args.by,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        max_images=args.max_images,
+    )
+    plan = write_ratios(args.output, rows, args.target_macs, args.by)
+    print(f"{len(rows)} measurements over {len({r.unit for r in rows})} units -> {args.output}/sensitivity.csv")
+    print(
+        f"ratios for {args.target_macs:.0%} MACs (predicted {plan['predicted_macs']:.1%}, mAP50-95 drop "
+        f"{plan['predicted_drop']:.4f}): {plan['ratios']}"
+    )
+    print(f"prune with: yoloprune prune {args.model} --ratios-from {args.output} -o OUT.pt")
+    return 0
+
+
 def _synth(args: argparse.Namespace) -> int:
     from .data import synthesize
 
@@ -343,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-macs", type=float, metavar="F", help="MACs as a fraction of the original (0.5)")
     how.add_argument("--target-params", type=float, metavar="F", help="params as a fraction of the original")
     how.add_argument("--target-latency", type=float, metavar="MS", help="onnxruntime CPU ms on this machine")
+    how.add_argument("--ratios-from", metavar="DIR", help="per-stage ratios from `yoloprune sensitivity`")
     p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES, help="combine a group's layers (mean)")
     p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
@@ -443,6 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", metavar="DIR", help="results folder (runs/<recipe name>)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("sensitivity", help="mAP cost of pruning each stage alone, and ratios for a MACs target")
+    p.add_argument("model", help="trained checkpoint")
+    p.add_argument("--data", required=True, help="data yaml or COCO dataset (val split)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios to try per unit (0.25,0.5,0.75)")
+    p.add_argument("--by", default="stage", choices=("stage", "group"), help="unit of analysis (stage)")
+    p.add_argument("--target-macs", type=float, default=0.5, help="MACs fraction to allocate ratios for (0.5)")
+    p.add_argument("--imgsz", type=int, default=640, help="evaluation size (640)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    p.add_argument("--max-images", type=int, help="evaluate on the first N validation images only")
+    p.set_defaults(func=_sensitivity)
 
     data = sub.add_parser("data", help="datasets: `yoloprune data synth` writes the synthetic benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -19,7 +19,7 @@ from .graph.smoke import smoke_test
 from .graph.surgery import PruneError, Removal, Snapshot, remove_channels
 from .importance import CRITERIA, channel_scores
 from .plan import compose
-from .strategy import Selection, finish, search, uniform_counts
+from .strategy import Selection, finish, search, uniform_counts, unit_counts
 
 MAX_ATTEMPTS = 10
 Scorer = Callable[[nn.Module, Any], np.ndarray]
@@ -76,6 +76,8 @@ class Goal:
     ratio: float | None = None
     metric: str = "macs"
     fraction: float | None = None
+    units: dict[str, float] | None = None
+    by: str = "stage"
 
 
 def _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps, max_ratio, importance) -> None:
@@ -108,7 +110,8 @@ def _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps
         raise ValueError(f"unknown importance {importance!r}; choose one of {', '.join(CRITERIA)}")
 
 
-def _first_layer(net: nn.Module) -> str | None:
+def first_layer(net: nn.Module) -> str | None:
+    """The first convolution or linear layer in registration order (protected by default)."""
     for name, m in net.named_modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             return name
@@ -128,6 +131,8 @@ def prune(
     target_latency_ms: float | None = None,
     latency_imgsz: int | None = None,
     latency_threads: int = 1,
+    unit_ratios: dict[str, float] | None = None,
+    units_by: str = "stage",
     global_ranking: bool = False,
     max_ratio: float = 0.8,
     round_to: int = 1,
@@ -147,7 +152,8 @@ def prune(
 
     How much: ``ratio`` (each prunable group loses that fraction; default 0.3 when no target is given), or
     ``target_macs`` / ``target_params`` (a fraction of the original, reached within about 2%), or
-    ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``).
+    ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``),
+    or ``unit_ratios`` (a ratio per stage or group, e.g. from ``yoloprune sensitivity``; ``units_by``).
     Which: ``importance`` ranks channels ("l2", "l1", "bn", "taylor" with ``taylor_loss``, "random", or a callable
     ``(model, graph) -> scores``), combining a group's members with ``aggregate`` (``normalize_layers`` first
     divides each member by its mean);
@@ -162,11 +168,20 @@ def prune(
     forward is checked after every step; ``verify`` also checks the exactness property on ``example_inputs``.
     """
     start = time.perf_counter()
-    if ratio is None and target_macs is None and target_params is None and target_latency_ms is None:
+    if (
+        ratio is None
+        and target_macs is None
+        and target_params is None
+        and target_latency_ms is None
+        and not unit_ratios
+    ):
         ratio = 0.3
+    if unit_ratios and (ratio is not None or steps > 1):
+        raise ValueError("unit_ratios replaces ratio and targets, in one step")
     _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps, max_ratio, importance)
     settings = {
         "ratio": ratio,
+        "unit_ratios": unit_ratios,
         "target_macs": target_macs,
         "target_params": target_params,
         "target_latency_ms": target_latency_ms,
@@ -223,8 +238,12 @@ def prune(
     steps_done = channels_removed = groups_pruned = 0
     for step in range(1, steps + 1):
         target = resolve(model, family=family, prune_head=prune_head)
-        goal = _goal(step, steps, ratio, target_macs, target_params)
-        extra = [n for n in (_first_layer(target.module),) if protect_first and n]
+        goal = (
+            Goal(units=unit_ratios, by=units_by)
+            if unit_ratios
+            else _goal(step, steps, ratio, target_macs, target_params)
+        )
+        extra = [n for n in (first_layer(target.module),) if protect_first and n]
 
         def scorer(net: nn.Module, graph: Any) -> np.ndarray:
             if callable(importance):
@@ -323,7 +342,9 @@ def _step(
             net, example_inputs, outputs=target.outputs, ignore=ignore, policies=policies, frozen_io=frozen_io
         )
         scores = scorer(net, graph)
-        if goal.ratio is not None:
+        if goal.units is not None:
+            selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
+        elif goal.ratio is not None:
             selection = finish(graph, scores, uniform_counts(graph, goal.ratio, max_ratio), round_to)
             if global_ranking:
                 macs_goal = selection.macs / max(graph.trace.macs, 1)

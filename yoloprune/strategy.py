@@ -7,6 +7,7 @@ ratios or thresholds takes milliseconds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,31 @@ def uniform_counts(graph: Graph, ratio: float, max_ratio: float = 1.0) -> dict[i
     """``floor(ratio * n)`` channels of every prunable group (capped by ``max_ratio``; one is always kept)."""
     cap = min(ratio, max_ratio)
     return {g.id: min(int(cap * g.channels), g.channels - 1) for g in graph.prunable_groups}
+
+
+def unit_of(group: Any, by: str = "stage") -> str:
+    """The unit a group belongs to: ``group<N>``, or its producing layer's stage (``model.4`` for ultralytics-style
+    names, else the first name component)."""
+    if by == "group":
+        return f"group{group.id}"
+    if by != "stage":
+        raise ValueError(f"units are 'stage' or 'group', not {by!r}")
+    name = next((m.module for m, _ in group.placements if m.role == "out"), group.modules[0] if group.modules else "")
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "model" and len(parts) > 1 else parts[0]
+
+
+def units(graph: Graph, by: str = "stage") -> dict[str, list[int]]:
+    """Unit name -> ids of its prunable groups."""
+    out: dict[str, list[int]] = {}
+    for g in graph.prunable_groups:
+        out.setdefault(unit_of(g, by), []).append(g.id)
+    return out
+
+
+def unit_counts(graph: Graph, ratios: dict[str, float], by: str = "stage") -> dict[int, int]:
+    """Counts that prune each unit's groups at its ratio (units not named are left alone)."""
+    return {g.id: min(int(ratios.get(unit_of(g, by), 0.0) * g.channels), g.channels - 1) for g in graph.prunable_groups}
 
 
 def global_counts(graph: Graph, scores: np.ndarray, threshold: float, max_ratio: float) -> dict[int, int]:

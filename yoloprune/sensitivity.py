@@ -1,0 +1,177 @@
+"""Sensitivity analysis: how much mAP each part of the network loses when pruned alone, and per-part ratios that
+reach a MACs target with the least predicted loss (performance-aware pruning, in the spirit of PAGCP).
+
+Each unit (a stage such as ``model.4``, or a single group) is pruned alone at a few ratios on a copy of the model and
+evaluated on a validation subset. ``allocate`` then spends MACs like a multiple-choice knapsack: it keeps taking the
+step (one unit to its next ratio) that saves MACs at the smallest predicted mAP cost, until the target is met.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import write_atomic
+from .strategy import finish, unit_counts, units
+
+
+@dataclass
+class Row:
+    unit: str
+    ratio: float
+    macs_saved: float  # fraction of the unpruned MACs this alone removes
+    map50_95: float
+    drop: float  # unpruned mAP50-95 minus this
+
+
+def analyse(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
+    by: str = "stage",
+    imgsz: int = 640,
+    batch: int = 16,
+    max_images: int | None = None,
+    importance: str = "l2",
+    round_to: int = 1,
+) -> list[Row]:
+    """Prune every unit alone at every ratio and evaluate; writes ``sensitivity.csv`` and a plot into ``out``."""
+    from .adapters import resolve
+    from .data.datasets import load_detection_set
+    from .evaluate import evaluate
+    from .graph import build
+    from .graph.surgery import remove_channels
+    from .importance import channel_scores
+    from .models import example_input, load_model
+    from .prune import first_layer
+    from .sweep import progress
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(str(model))
+    target = resolve(loaded.model, family=loaded.family)
+    x = example_input(imgsz)
+    ignore = (*target.ignore, *([first_layer(target.module)] if first_layer(target.module) else []))
+    graph = build(target.module, x, outputs=target.outputs, ignore=ignore, policies=target.policies)
+    scores = channel_scores(target.module, graph, importance)
+    base_macs = graph.trace.macs
+    dataset = load_detection_set(data)
+    base = evaluate(target.module, dataset, imgsz=imgsz, batch=batch, max_images=max_images, family=loaded.family)
+    rows = []
+    for unit in progress(sorted(units(graph, by)), "sensitivity"):
+        for ratio in ratios:
+            selection = finish(graph, scores, unit_counts(graph, {unit: ratio}, by), round_to)
+            if not selection.removed.any():
+                continue
+            net = copy.deepcopy(target.module)
+            remove_channels(net, graph, selection.removed, target.policies)
+            result = evaluate(net, dataset, imgsz=imgsz, batch=batch, max_images=max_images, family=loaded.family)
+            rows.append(
+                Row(unit, ratio, 1 - selection.macs / base_macs, result.map50_95, base.map50_95 - result.map50_95)
+            )
+    _write(out, rows, base.map50_95, by)
+    return rows
+
+
+def allocate(rows: list[Row], target_macs: float) -> tuple[dict[str, float], float, float]:
+    """Per-unit ratios whose summed MACs savings reach ``1 - target_macs`` at the least summed predicted drop.
+
+    Returns the ratios, the predicted MACs fraction and the predicted mAP drop (savings and drops are taken as
+    additive across units, which is what a sensitivity table can offer)."""
+    options: dict[str, list[Row]] = {}
+    for row in rows:
+        options.setdefault(row.unit, []).append(row)
+    for unit in options:
+        options[unit].sort(key=lambda r: r.ratio)
+    chosen: dict[str, int] = {unit: -1 for unit in options}
+    saved, drop, need = 0.0, 0.0, 1 - target_macs
+    while saved < need:
+        best = None
+        for unit, opts in options.items():
+            i = chosen[unit] + 1
+            if i >= len(opts):
+                continue
+            prev = opts[i - 1] if i > 0 else None
+            gain = opts[i].macs_saved - (prev.macs_saved if prev else 0.0)
+            cost = max(opts[i].drop, 0.0) - max(prev.drop if prev else 0.0, 0.0)
+            if gain <= 0:
+                continue
+            rate = cost / gain
+            if best is None or rate < best[0]:
+                best = (rate, unit, gain, cost)
+        if best is None:
+            break
+        _, unit, gain, cost = best
+        chosen[unit] += 1
+        saved, drop = saved + gain, drop + cost
+    ratios = {unit: options[unit][i].ratio for unit, i in chosen.items() if i >= 0}
+    return ratios, 1 - saved, drop
+
+
+def write_ratios(out: str | Path, rows: list[Row], target_macs: float, by: str) -> dict[str, Any]:
+    """Allocate for ``target_macs`` and write ``ratios.json`` (what ``yoloprune prune --ratios-from`` reads)."""
+    ratios, macs, drop = allocate(rows, target_macs)
+    data = {
+        "target_macs": target_macs,
+        "by": by,
+        "ratios": ratios,
+        "predicted_macs": round(macs, 4),
+        "predicted_drop": round(drop, 4),
+    }
+    write_atomic(Path(out) / "ratios.json", lambda f: f.write(json.dumps(data, indent=1).encode()))
+    return data
+
+
+def read_ratios(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "ratios.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no ratios.json in {folder}; run `yoloprune sensitivity` first")
+    return json.loads(path.read_text())
+
+
+def _write(out: Path, rows: list[Row], base: float, by: str) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0]).keys()) if rows else ["unit"])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    write_atomic(out / "sensitivity.csv", lambda f: f.write(buffer.getvalue().encode()))
+    write_atomic(
+        out / "sensitivity.json",
+        lambda f: f.write(
+            json.dumps({"baseline_map50_95": base, "by": by, "rows": [asdict(r) for r in rows]}, indent=1).encode()
+        ),
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for unit in sorted({r.unit for r in rows}):
+        pts = sorted((r.ratio, r.drop) for r in rows if r.unit == unit)
+        ax.plot(*np.array(pts).T, "o-", label=unit)
+    ax.set_xlabel("fraction of the unit's channels removed")
+    ax.set_ylabel("mAP50-95 drop")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=3)
+    fig.tight_layout()
+    write_atomic(out / "sensitivity.png", lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def rows_from(folder: str | Path) -> list[Row]:
+    data = json.loads((Path(folder) / "sensitivity.json").read_text())
+    return [Row(**r) for r in data["rows"]]
+
+
+__all__ = ["Row", "allocate", "analyse", "read_ratios", "rows_from", "write_ratios"]
