@@ -298,7 +298,16 @@ def _synth(args: argparse.Namespace) -> int:
     from .data import synthesize
 
     start = time.perf_counter()
-    path = synthesize(args.output, args.train, args.val, args.imgsz, args.classes, args.seed, progress=True)
+    path = synthesize(
+        args.output,
+        args.train,
+        args.val,
+        args.imgsz,
+        args.classes,
+        args.seed,
+        progress=True,
+        difficulty=args.difficulty,
+    )
     print(f"wrote {path} ({args.train} train + {args.val} val images) in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -502,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=320, help="image side in pixels (320)")
     p.add_argument("--classes", type=int, default=6, help="number of shape classes (6, at most 12)")
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--difficulty", default="hard", choices=("hard", "easy"), help="hard: the benchmark (default)")
     p.set_defaults(func=_synth)
     return parser
 

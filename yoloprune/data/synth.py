@@ -49,7 +49,25 @@ MIN_VISIBLE = 0.4  # an object with less than this fraction of its pixels visibl
 JPEG_QUALITY = 90
 MIN_REL_SIZE, MAX_REL_SIZE = 0.04, 0.6  # longest box side relative to the image side
 MAX_OBJECTS = 8
+PHOTO_PROBABILITY = 0.25  # share of backgrounds cropped from the photos ultralytics ships
 OBJECTS_INSIDE = 0.5  # probability that an object's box lies wholly inside the image
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard the images are. ``hard`` is the benchmark; ``easy`` (no clutter or photos, 1-3 larger objects) lets a
+    detector trained from scratch on a CPU for a few minutes learn enough for pruning effects to show."""
+
+    clutter: bool = True
+    photo_probability: float = PHOTO_PROBABILITY
+    sizes: tuple[float, float] = (MIN_REL_SIZE, MAX_REL_SIZE)
+    max_objects: int = MAX_OBJECTS
+
+
+DIFFICULTIES = {
+    "hard": Difficulty(),
+    "easy": Difficulty(clutter=False, photo_probability=0.0, sizes=(0.2, 0.6), max_objects=3),
+}
 _SUPERSAMPLE = 4  # polygons are filled at this many times the resolution, then area-averaged: exact anti-aliasing
 _SHIFT = 2  # sub-pixel bits for cv2 polygon vertices at the supersampled resolution
 
@@ -382,7 +400,6 @@ _BACKGROUNDS: tuple[tuple[Texture, float], ...] = (
     (_speckle, 0.1),
     (_solid, 0.2),
 )
-PHOTO_PROBABILITY = 0.25
 
 
 def _pick(rng: np.random.Generator, table: tuple[tuple[Texture, float], ...]) -> Texture:
@@ -428,8 +445,8 @@ def _photo_crop(n: int, rng: np.random.Generator) -> np.ndarray | None:
     return np.clip(crop * rng.uniform(0.8, 1.2, 3).astype(np.float32), 0.0, 255.0)
 
 
-def _background(n: int, rng: np.random.Generator) -> np.ndarray:
-    if rng.random() < PHOTO_PROBABILITY:
+def _background(n: int, rng: np.random.Generator, photo: float = PHOTO_PROBABILITY) -> np.ndarray:
+    if rng.random() < photo:
         crop = _photo_crop(n, rng)
         if crop is not None:
             return np.ascontiguousarray(crop)
@@ -457,6 +474,7 @@ def _random_sprite(
     rng: np.random.Generator,
     inside: float,
     margin: float,
+    sizes: tuple[float, float] = (MIN_REL_SIZE, MAX_REL_SIZE),
 ) -> Sprite:
     """Build, rotate, scale (log-uniform size) and place an outline, then rasterise it.
 
@@ -464,7 +482,7 @@ def _random_sprite(
     by ``margin`` (relative) on each side, so the border may cut it.
     """
     outline = builder(rng)
-    size = math.exp(rng.uniform(math.log(MIN_REL_SIZE), math.log(MAX_REL_SIZE))) * n
+    size = math.exp(rng.uniform(math.log(sizes[0]), math.log(sizes[1]))) * n
     lo, hi = (size / 2, n - size / 2) if rng.random() < inside else (-margin * n, (1.0 + margin) * n)
     centre = (rng.uniform(lo, hi), rng.uniform(lo, hi))
     return _rasterise(_place(outline, rng.uniform(-max_rot, max_rot), size, centre))
@@ -504,7 +522,9 @@ def _clutter(img: np.ndarray, rng: np.random.Generator, shapes: int, lines: int)
     return covered
 
 
-def _objects(img: np.ndarray, rng: np.random.Generator, classes: int) -> tuple[list[tuple[int, Sprite]], np.ndarray]:
+def _objects(
+    img: np.ndarray, rng: np.random.Generator, classes: int, level: Difficulty = Difficulty()
+) -> tuple[list[tuple[int, Sprite]], np.ndarray]:
     """Draw 1 to MAX_OBJECTS class objects, later ones over earlier ones.
 
     Returns the (class, sprite) list and the owner map: per pixel, the index of the object visible there, or -1.
@@ -512,10 +532,10 @@ def _objects(img: np.ndarray, rng: np.random.Generator, classes: int) -> tuple[l
     n = img.shape[0]
     owner = np.full((n, n), -1, np.int16)
     drawn: list[tuple[int, Sprite]] = []
-    for k in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    for k in range(int(rng.integers(1, level.max_objects + 1))):
         cls = int(rng.integers(classes))
         shape = SHAPES[cls]
-        sprite = _random_sprite(shape.build, shape.max_rotation, n, rng, inside=OBJECTS_INSIDE, margin=0.0)
+        sprite = _random_sprite(shape.build, shape.max_rotation, n, rng, OBJECTS_INSIDE, 0.0, level.sizes)
         vis = _draw_textured(img, sprite, rng)
         if vis is not None:
             iy, ix, _, _ = _window(sprite, n)
@@ -564,13 +584,18 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def render(seed: int, split: int, index: int, imgsz: int, classes: int) -> tuple[bytes, list[Box]]:
+def render(
+    seed: int, split: int, index: int, imgsz: int, classes: int, difficulty: str = "hard"
+) -> tuple[bytes, list[Box]]:
     """Draw one image; return its JPEG bytes and labelled boxes. Depends only on its arguments."""
+    level = DIFFICULTIES[difficulty]
     rng = np.random.default_rng([seed, split, index])
-    img = _background(imgsz, rng)
-    _clutter(img, rng, shapes=int(rng.integers(0, 6)), lines=int(rng.integers(0, 5)))
-    objects, owner = _objects(img, rng, classes)
-    owner[_clutter(img, rng, shapes=int(rng.integers(0, 3)), lines=int(rng.integers(0, 3)))] = -1
+    img = _background(imgsz, rng, level.photo_probability)
+    if level.clutter:
+        _clutter(img, rng, shapes=int(rng.integers(0, 6)), lines=int(rng.integers(0, 5)))
+    objects, owner = _objects(img, rng, classes, level)
+    if level.clutter:
+        owner[_clutter(img, rng, shapes=int(rng.integers(0, 3)), lines=int(rng.integers(0, 3)))] = -1
     boxes = _label(objects, owner)
     ok, buf = cv2.imencode(".jpg", _photometric(img, rng), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:  # pragma: no cover - OpenCV always encodes a uint8 BGR image
@@ -636,14 +661,16 @@ def _coco_annotation(box: Box, ann_id: int, image_id: int) -> dict:
     }
 
 
-def _write_split(root: Path, split: str, count: int, seed: int, imgsz: int, classes: int, progress: bool) -> dict:
+def _write_split(
+    root: Path, split: str, count: int, seed: int, imgsz: int, classes: int, progress: bool, difficulty: str = "hard"
+) -> dict:
     """Write one split's images and YOLO labels; return its COCO dict."""
     img_dir, lbl_dir = root / "images" / split, root / "labels" / split
     img_dir.mkdir(parents=True)
     lbl_dir.mkdir(parents=True)
     images, annotations = [], []
     for i in _progress(range(count), count, split, progress):
-        jpeg, boxes = render(seed, SPLITS.index(split), i, imgsz, classes)
+        jpeg, boxes = render(seed, SPLITS.index(split), i, imgsz, classes, difficulty)
         (img_dir / f"{i:06d}.jpg").write_bytes(jpeg)
         (lbl_dir / f"{i:06d}.txt").write_text("".join(_yolo_line(b, imgsz) + "\n" for b in boxes))
         images.append({"id": i + 1, "file_name": f"{i:06d}.jpg", "width": imgsz, "height": imgsz})
@@ -701,25 +728,33 @@ def synthesize(
     classes: int = 6,
     seed: int = 0,
     progress: bool = False,
+    difficulty: str = "hard",
 ) -> Path:
     """Write a dataset to ``out``; return the path of its ultralytics data yaml.
 
     The dataset is built in a temporary sibling folder and renamed into place at the end, so an interrupted run never
     leaves a partial dataset at ``out``. ``out`` must not exist or be an empty folder. ``classes`` selects the first
-    ``classes`` entries of ``CLASS_NAMES``. Raises ValueError for bad arguments.
+    ``classes`` entries of ``CLASS_NAMES``. ``difficulty`` is ``hard`` (the benchmark) or ``easy`` (see
+    ``Difficulty``). Raises ValueError for bad arguments.
     """
     _validate(train, val, imgsz, classes, seed)
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     out = Path(out).expanduser().absolute()
     _prepare_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {"train": int(train), "val": int(val), "imgsz": int(imgsz), "classes": int(classes), "seed": int(seed)}
+    if difficulty != "hard":  # the benchmark's files stay what they were
+        params["difficulty"] = difficulty
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
         cocos = {}
         for split, count in zip(SPLITS, (train, val)):
-            cocos[split] = _write_split(tmp, split, count, params["seed"], params["imgsz"], params["classes"], progress)
+            cocos[split] = _write_split(
+                tmp, split, count, params["seed"], params["imgsz"], params["classes"], progress, difficulty
+            )
         (tmp / "annotations").mkdir()
         for split, coco in cocos.items():
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
