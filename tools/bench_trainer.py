@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 
-def epoch_times(trainer_cls, net, args: dict, env: dict[str, str] | None = None) -> list[float]:  # noqa: ANN001
+def epoch_times(trainer_cls, net, args: dict, env: dict[str, str] | None = None) -> list[float]:
     stamps: list[float] = []
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
@@ -60,14 +60,31 @@ def main() -> int:
     yoloprune.prune(pruned, torch.zeros(1, 3, args.imgsz, args.imgsz), target_macs=0.5, round_to=8)
     with tempfile.TemporaryDirectory() as tmp:
         teacher = save(Loaded(base, "ultralytics", "t", {"train_args": {}}), Path(tmp) / "teacher.pt", {})
-        common = {"data": args.data, "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "nbs": args.batch,
-                  "device": "cpu", "workers": 2, "plots": False, "val": False, "seed": 0, "project": tmp,
-                  "exist_ok": True, "verbose": False, "mosaic": 0.0}
+        common = {
+            "data": args.data,
+            "epochs": args.epochs,
+            "imgsz": args.imgsz,
+            "batch": args.batch,
+            "nbs": args.batch,
+            "device": "cpu",
+            "workers": 2,
+            "plots": False,
+            "val": False,
+            "seed": 0,
+            "project": tmp,
+            "exist_ok": True,
+            "verbose": False,
+            "mosaic": 0.0,
+        }
         runs = {
             "stock ultralytics": epoch_times(DetectionTrainer, copy.deepcopy(pruned), {**common, "name": "stock"}),
             "yoloprune": epoch_times(PrunedDetectionTrainer, copy.deepcopy(pruned), {**common, "name": "ours"}),
-            "yoloprune + KD": epoch_times(PrunedDetectionTrainer, copy.deepcopy(pruned), {**common, "name": "kd"},
-                                          {TEACHER_ENV: str(teacher), WEIGHT_ENV: "1.0"}),
+            "yoloprune + KD": epoch_times(
+                PrunedDetectionTrainer,
+                copy.deepcopy(pruned),
+                {**common, "name": "kd"},
+                {TEACHER_ENV: str(teacher), WEIGHT_ENV: "1.0"},
+            ),
         }
     stock = statistics.median(runs["stock ultralytics"][1:])
     print("| trainer | seconds per epoch (median, first excluded) | vs stock |\n|---|---|---|")

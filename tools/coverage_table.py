@@ -18,12 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import yoloprune  # noqa: E402
-from helpers import randomize  # noqa: E402
-from test_ultralytics_coverage import DETECT  # noqa: E402
-from yoloprune.adapters import resolve  # noqa: E402
-from yoloprune.adapters.ultralytics import detections, from_config  # noqa: E402
-from yoloprune.graph import build, max_relative_difference, zero_producers  # noqa: E402
+from helpers import randomize
+from test_ultralytics_coverage import DETECT
+
+import yoloprune
+from yoloprune.adapters import resolve
+from yoloprune.adapters.ultralytics import detections, from_config
+from yoloprune.graph import build, max_relative_difference, zero_producers
 
 
 def main() -> int:
