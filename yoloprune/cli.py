@@ -372,12 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("inspect", help="list a model's coupled channel groups (members, size, frozen and why)")
-    p.add_argument("model", help="model config (e.g. yolov8n.yaml)")
+    p.add_argument("model", help="model config, zoo name (yolox-s) or checkpoint")
     p.add_argument("--imgsz", type=int, default=640, help="input size to trace at (default 640)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
     p.add_argument("--prune-head", action="store_true", help="let the detection head's inner layers be pruned")
-    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.add_argument(
+        "--family", default=None, help="model family when the file cannot tell: ultralytics, yolov5, yolov7, yolox"
+    )
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("prune", help="remove channels physically and write a checkpoint in the family's format")
@@ -405,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=640, help="input size for tracing and MACs (640)")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
     p.add_argument("--prune-head", action="store_true", help="also prune the detection head's inner layers")
-    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.add_argument(
+        "--family", default=None, help="model family when the file cannot tell: ultralytics, yolov5, yolov7, yolox"
+    )
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_prune)
@@ -422,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
     p.add_argument("--calib", metavar="DIR", help="folder of calibration images for --int8")
     p.add_argument("--image", help="verification image (default: ultralytics' bus.jpg)")
-    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.add_argument(
+        "--family", default=None, help="model family when the file cannot tell: ultralytics, yolov5, yolov7, yolox"
+    )
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_export)
 
@@ -461,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU (0.7)")
     p.add_argument("--split", default="val", help="dataset split (val)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    p.add_argument("--family", default=None, help="model family when the file cannot tell")
+    p.add_argument(
+        "--family", default=None, help="model family when the file cannot tell: ultralytics, yolov5, yolov7, yolox"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
 

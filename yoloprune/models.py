@@ -15,9 +15,18 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def load_model(spec: str, family: str | None = None) -> Loaded:
-    """A model from a config name/path or a checkpoint file, with its family."""
-    if family not in (None, "ultralytics"):
-        raise ValueError(f"family {family!r} cannot be loaded yet")
+    """A model from a config name/path or a checkpoint file, with its family: ``family`` when given, else what the
+    file contains (the classes a checkpoint names, the modules a local config lists, a YOLOX zoo name such as
+    ``yolox-s``). Config names that are not files (``yolov8n.yaml``, ``yolov5s.yaml``) mean ultralytics' configs
+    unless ``family`` says otherwise."""
+    from .adapters import FAMILIES
+    from .adapters._upstream import guess_family
+
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family {family!r} cannot be loaded; choose one of {', '.join(FAMILIES)}")
+    family = family or guess_family(spec) or "ultralytics"
+    if family != "ultralytics":
+        return _adapter(family).load(spec)
     path = Path(spec)
     if path.suffix not in CONFIG_SUFFIXES and not path.exists():
         raise FileNotFoundError(f"no such model: {spec}")

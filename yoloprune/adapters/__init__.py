@@ -15,7 +15,7 @@ from torch import nn
 
 from ..graph.registry import Policy
 
-FAMILIES = ("ultralytics",)
+FAMILIES = ("ultralytics", "yolov5", "yolov7", "yolox")
 
 
 @dataclass

@@ -1,0 +1,252 @@
+"""What the YOLOv5, YOLOv7 and YOLOX adapters share: importing an optional package with a clear message, telling the
+families apart by class names, and reading and writing the whole-model pickles of the repository-style projects.
+
+YOLOv5 and YOLOv7 checkpoints pickle their classes under whatever module path the training code used: ``models.yolo``
+and ``models.common`` for a clone of the upstream repository, ``yolov5.models.*`` or ``yolov7.models.*`` for the PyPI
+packages. Both packages append their own folder to ``sys.path`` so that the bare ``models`` name resolves, but only one
+of them can win, so a process that imported both reads the other family's checkpoints with the wrong classes. The
+adapters never rely on that: ``read_checkpoint`` maps bare ``models.*``/``utils.*`` names onto the chosen package, and
+``write_checkpoint`` writes them back under the names the source file used, so a clone still loads what it wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import pickle
+import types
+import warnings
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..io import _PLAIN, _Opaque, write_atomic
+
+BARE = ("models", "utils")  # the top-level names a repository clone pickles its classes under
+
+# Class names that exist in YOLOv7's model modules and not in YOLOv5's (both define Conv, Concat, Detect, Model...).
+YOLOV7_ONLY = frozenset(
+    "BottleneckCSPA BottleneckCSPB BottleneckCSPC Chuncat ConvBN DownC Foldcut Ghost GhostCSPA GhostCSPB GhostCSPC "
+    "GhostSPPCSPC GhostStem IAuxDetect IBin IDetect IKeypoint ImplicitA ImplicitM MP Mlp_v2 OREPA_3x3_RepConv ReOrg "
+    "RepBottleneck RepBottleneckCSPA RepBottleneckCSPB RepBottleneckCSPC RepConv RepConv_OREPA RepRes RepResCSPA "
+    "RepResCSPB RepResCSPC RepResX RepResXCSPA RepResXCSPB RepResXCSPC Res ResCSPA ResCSPB ResCSPC ResX ResXCSPA "
+    "ResXCSPB ResXCSPC RobustConv RobustConv2 SP SPPCSPC ST2CSPA ST2CSPB ST2CSPC STCSPA STCSPB STCSPC Shortcut Stem "
+    "SwinTransformer2Block SwinTransformerBlock SwinTransformerLayer SwinTransformerLayer_v2 WindowAttention_v2 "
+    "autoShape".split()
+)
+YOLOV7_PREFIXES = ("yolov7.", "yolov7_package.")
+YOLOV5_PREFIXES = ("yolov5.",)
+YOLOX_PREFIXES = ("yolox.",)
+# The YOLOX network classes: Megvii's name, then pixeltable-yolox's (same attributes, so the same state_dict keys).
+YOLOX_MODELS = ("YOLOX", "YoloxModule")
+YOLOX_KEYS = ("backbone.backbone.stem.conv.conv.weight", "head.cls_preds.0.weight")
+
+
+class MissingPackage(ImportError, ValueError):
+    """An optional upstream package is not installed (a ValueError too, so the CLI prints it as a user error)."""
+
+
+def require(module: str, family: str, install: str) -> types.ModuleType:
+    """Import ``module`` or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        root = module.split(".")[0]
+        if (exc.name or "").split(".")[0] == root:
+            raise MissingPackage(f"{family} models need the {root} package: {install}") from exc
+        raise MissingPackage(
+            f"{family} models need {root}, which is installed but failed to import ({exc}): {install}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str) -> Iterator[None]:
+    """Silence the model summaries, ``print`` calls and warnings upstream code emits while building or fusing."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------- recognising families
+def class_names(model: nn.Module) -> list[tuple[str, str]]:
+    """(module, name) of the class of every submodule."""
+    return [(type(m).__module__, type(m).__name__) for m in model.modules()]
+
+
+def family_of(classes: Iterable[tuple[str, str]]) -> str | None:
+    """The repository-style family that (module, name) class references point to, or None."""
+    classes = list(classes)
+    modules = {m for m, _ in classes}
+    if any(m.startswith(YOLOV7_PREFIXES) for m in modules):
+        return "yolov7"
+    if any(m.startswith(YOLOV5_PREFIXES) for m in modules):
+        return "yolov5"
+    bare = {n for m, n in classes if m.split(".")[0] == "models"}
+    if bare:
+        return "yolov7" if bare & YOLOV7_ONLY else "yolov5"
+    if any(m.startswith(YOLOX_PREFIXES) for m in modules):
+        return "yolox"
+    return None
+
+
+class _Recorder(pickle.Unpickler):
+    """Reads a checkpoint's pickle without building anything or reading a tensor: every class becomes an opaque
+    stand-in, and the (module, name) of each class the file names is recorded."""
+
+    seen: list[tuple[str, str]]
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.seen.append((module, name))
+        if (module, name) in _PLAIN:
+            return super().find_class(module, name)
+        return _Opaque
+
+    def persistent_load(self, pid: Any) -> Any:
+        return None
+
+
+def peek(path: str | Path) -> tuple[Any, list[tuple[str, str]]]:
+    """The plain data of a checkpoint (tensors left out) and the classes it names; (None, []) if it is unreadable."""
+    seen: list[tuple[str, str]] = []
+    recorder = type("Recorder", (_Recorder,), {"seen": seen})
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+            data = recorder(io.BytesIO(archive.read(name))).load()
+    except Exception:  # not a zip checkpoint, or not a checkpoint at all: the family's own loader explains
+        return None, []
+    return data, seen
+
+
+def guess_family(spec: str) -> str | None:
+    """The family a model file belongs to, from what it contains; None when it does not say (ultralytics' loader
+    then decides, and explains when it cannot read the file)."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        return _config_family(path) if path.is_file() else None
+    if not path.is_file():
+        from .yolox import named
+
+        return "yolox" if named(spec) else None
+    data, classes = peek(path)
+    section = data.get("yoloprune") if isinstance(data, dict) else None
+    if isinstance(section, dict) and isinstance(section.get("family"), str):
+        return section["family"]
+    if any(m.startswith("ultralytics.") for m, _ in classes):
+        return "ultralytics"
+    found = family_of(classes)
+    if found is not None or not isinstance(data, dict):
+        return found
+    states = [data, *(data[k] for k in ("model", "ema", "state_dict") if isinstance(data.get(k), dict))]
+    return "yolox" if any(all(k in s for k in YOLOX_KEYS) for s in states) else None
+
+
+def _config_family(path: Path) -> str | None:
+    """YOLOv5 and YOLOv7 configs list anchors; ultralytics configs never do."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or "anchors" not in cfg or not isinstance(cfg.get("head"), list):
+        return None
+    layers = [*(cfg.get("backbone") or []), *cfg["head"]]
+    used = {str(layer[2]) for layer in layers if isinstance(layer, list) and len(layer) > 2}
+    return "yolov7" if used & YOLOV7_ONLY else "yolov5"
+
+
+# ------------------------------------------------------------------------------------- reading and writing pickles
+def _remapping(package: str, remapped: list[str]) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` that reads bare ``models.*``/``utils.*`` classes from ``package``."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module.split(".")[0] in BARE:
+                remapped.append(module)
+                module = f"{package}.{module}"
+            try:
+                return super().find_class(module, name)
+            except AttributeError as exc:
+                raise ValueError(f"the checkpoint names {module}.{name}, which this {package} has not got") from exc
+
+    mod = types.ModuleType(f"yoloprune_remap_{package}")
+    mod.Unpickler = Unpickler
+    mod.load = lambda f, **kw: Unpickler(f, **kw).load()
+    return mod
+
+
+def read_checkpoint(path: str | Path, package: str) -> tuple[Any, bool]:
+    """Unpickle a whole-model checkpoint with bare ``models.*`` classes mapped onto ``package``; also says whether the
+    file used bare names. Like ``yoloprune.io.load_trusted``, this runs code the file names: trusted files only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    remapped: list[str] = []
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_remapping(package, remapped))
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"{path} needs the Python package that defines its model ({exc.name}); install it") from exc
+    return data, bool(remapped)
+
+
+def _renaming(package: str) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.save`` that writes ``package.models.*``/``package.utils.*`` classes under the
+    bare names a repository clone uses (the pure-Python pickler, whose ``save_global`` can be overridden)."""
+    prefixes = tuple(f"{package}.{bare}" for bare in BARE)
+
+    class Pickler(pickle._Pickler):
+        def save_global(self, obj: Any, name: str | None = None) -> None:
+            module = getattr(obj, "__module__", None) or ""
+            if not any(module == p or module.startswith(p + ".") for p in prefixes):
+                return super().save_global(obj, name)
+            module = module[len(package) + 1 :]
+            name = name or obj.__qualname__
+            if self.proto >= 4:
+                self.save(module)
+                self.save(name)
+                self.write(pickle.STACK_GLOBAL)
+            else:
+                self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
+            self.memoize(obj)
+
+    mod = types.ModuleType(f"yoloprune_rename_{package}")
+    mod.Pickler = Pickler
+    return mod
+
+
+def write_checkpoint(obj: Any, path: str | Path, package: str, bare: bool) -> Path:
+    """``torch.save`` through an atomic write; with ``bare``, the package's classes are named as in a clone."""
+    if not bare:
+        return write_atomic(path, lambda f: torch.save(obj, f))
+    return write_atomic(path, lambda f: torch.save(obj, f, pickle_module=_renaming(package)))
+
+
+def set_requires_grad(net: nn.Module, flag: bool) -> nn.Module:
+    for p in net.parameters():
+        p.requires_grad_(flag)
+    return net
+
+
+def names_dict(names: Any) -> dict[int, str]:
+    """Class names as ``{index: name}`` (YOLOv5 and YOLOv7 keep a list)."""
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(names)}
+    return {}

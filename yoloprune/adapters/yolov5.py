@@ -1,0 +1,255 @@
+"""YOLOv5 (anchor-based, the ``yolov5`` package or a clone of the repository): detection and segmentation models.
+
+Stock classes stay; nothing needs a policy. The Detect head decodes in eval mode with grids it caches as plain lists
+of tensors, which are reset before tracing. A checkpoint written here is the train.py/``strip_optimizer`` format
+(``{'model': fp16 model, 'ema': None, 'epoch': -1, ...}``), so ``attempt_load``, ``detect.py`` and ``val.py`` read it.
+Torch >= 2.6 makes those call ``torch.load`` with ``weights_only=True``, which refuses every YOLOv5 checkpoint, pruned
+or not: run them with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (trusted files only).
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..graph.registry import Policy
+from ..images import Preprocess
+from . import Loaded, Target
+from ._upstream import (
+    class_names,
+    family_of,
+    names_dict,
+    quiet,
+    read_checkpoint,
+    require,
+    set_requires_grad,
+    write_checkpoint,
+)
+
+PACKAGE = "yolov5"
+INSTALL = "pip install 'yoloprune[yolov5]'"
+POLICIES: dict[Any, Policy] = {}
+PREPROCESS = Preprocess(rgb=True, scale=1 / 255, fill=114)  # letterboxed RGB in [0, 1]
+PLAN_KEY = "yoloprune"  # in model.yaml: the composed plan, ignored by YOLOv5's own parser
+HEADS = ("Detect", "Segment")
+NETWORKS = ("DetectionModel", "SegmentationModel", "Model", "BaseModel")
+LOGGERS = ("yolov5", "yolov5.models", "yolov5.utils")
+
+
+def _yolo() -> Any:
+    return require(f"{PACKAGE}.models.yolo", "YOLOv5", INSTALL)
+
+
+def _network(model: Any) -> Any:
+    """The DetectionModel: ``AutoShape`` and ``DetectMultiBackend`` wrappers hold it as ``.model``."""
+    while type(model).__name__ in ("AutoShape", "DetectMultiBackend") and isinstance(
+        getattr(model, "model", None), nn.Module
+    ):
+        model = model.model
+    return model
+
+
+def _head(net: nn.Module) -> nn.Module | None:
+    layers = getattr(net, "model", None)
+    if isinstance(layers, nn.Sequential) and len(layers):
+        return layers[-1]
+    return None
+
+
+def matches(model: Any) -> bool:
+    """YOLOv5 networks, whether their classes come from the package (``yolov5.models.*``) or a clone
+    (``models.yolo``/``models.common``), matched by class name and module, never by identity."""
+    net = _network(model)
+    if not isinstance(net, nn.Module) or type(net).__name__ not in NETWORKS:
+        return False
+    head = _head(net)
+    if head is None or type(head).__name__ not in HEADS or hasattr(type(head), "include_nms"):  # YOLOv7's Detect
+        return False
+    return family_of(class_names(net)) == "yolov5"
+
+
+def detections(out: Any) -> Any:
+    """The eval-mode outputs that must stay intact: the decoded predictions (and mask protos), not the raw maps."""
+    if isinstance(out, tuple):
+        kept = tuple(o for o in out if not isinstance(o, list))
+        return kept[0] if len(kept) == 1 else kept
+    return out
+
+
+def reset_grids(net: nn.Module) -> None:
+    """Drop the grids the head caches (plain lists of tensors that ``to()`` and meta copies do not move)."""
+    head = _head(net)
+    if head is not None and type(head).__name__ in HEADS and hasattr(head, "nl"):
+        if "anchor_grid" in head._buffers:  # checkpoints from YOLOv5 before 6.1 registered it as a buffer
+            del head._buffers["anchor_grid"]
+        head.grid = [torch.empty(0) for _ in range(head.nl)]
+        head.anchor_grid = [torch.empty(0) for _ in range(head.nl)]
+
+
+def _compat(net: nn.Module) -> nn.Module:
+    """Attributes that checkpoints written by older torch or YOLOv5 versions lack."""
+    for m in net.modules():
+        if isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
+            m.recompute_scale_factor = None
+    if not hasattr(net, "stride"):
+        net.stride = torch.tensor([32.0])
+    reset_grids(net)
+    return net
+
+
+def target(model: Any, prune_head: bool = False) -> Target:
+    """Prune a YOLOv5 network: backbone and neck; the head's inner layers (Segment's Proto) too with ``prune_head``."""
+    net = _network(model)
+    head = _head(net)
+    if head is None or type(head).__name__ not in HEADS:
+        raise ValueError(f"{type(net).__name__} has no YOLOv5 Detect or Segment head (classification is not supported)")
+    reset_grids(net)
+    ignore: tuple[str, ...] = () if prune_head else (f"model.{len(net.model) - 1}",)
+    history = (getattr(net, "yaml", None) or {}).get(PLAN_KEY)
+
+    def record(plan: dict[str, Any]) -> None:
+        net.yaml = {**(getattr(net, "yaml", None) or {}), PLAN_KEY: plan}
+
+    return Target("yolov5", net, detections, POLICIES, ignore, history=history, record=record)
+
+
+# ------------------------------------------------------------------------------------------ loading and saving
+def config_path(spec: str) -> Path:
+    """A path, or a config name the package ships (``yolov5s.yaml``, ``yolov5n6.yaml``, ``yolov5n-seg.yaml``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    root = Path(_yolo().__file__).parent
+    for folder in (root, root / "hub", root / "segment"):
+        if (folder / path.name).is_file():
+            return folder / path.name
+    raise FileNotFoundError(f"no such model config: {spec} (not a file, nor a config the yolov5 package ships)")
+
+
+def from_config(spec: str | dict) -> nn.Module:
+    """A network with random weights from a config name or path, or a config dict (as a model's ``.yaml``)."""
+    import yaml
+
+    yolo = _yolo()
+    if isinstance(spec, dict):
+        cfg, name = copy.deepcopy(spec), None
+    else:
+        path = config_path(spec)
+        cfg, name = yaml.safe_load(path.read_text()), path.name
+    cfg.pop(PLAN_KEY, None)
+    head = str(cfg["head"][-1][2]) if cfg.get("head") else ""
+    if head not in HEADS:
+        raise ValueError(f"{name or 'this config'}: only YOLOv5 detection and segmentation models are supported")
+    if not cfg.get("activation"):  # parse_model sets this class attribute for good when a config names one
+        yolo.Conv.default_act = nn.SiLU()
+    with quiet(*LOGGERS):
+        net = (yolo.SegmentationModel if head == "Segment" else yolo.DetectionModel)(cfg)
+    if name:
+        net.yaml_file = name
+    return net
+
+
+def load(spec: str) -> Loaded:
+    """A YOLOv5 network from a config (random weights) or a checkpoint (the EMA, else the model, in fp32), with
+    the checkpoint's class naming and precision kept for ``save``."""
+    if Path(spec).suffix in (".yaml", ".yml"):
+        return Loaded(from_config(spec), "yolov5", spec, {"half": True, "bare": False})
+    _yolo()
+    ckpt, bare = read_checkpoint(spec, PACKAGE)
+    net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(net, nn.Module) or not matches(net):
+        kind = type(net).__name__ if net is not None else type(ckpt).__name__
+        raise ValueError(f"{spec} is not a YOLOv5 detection checkpoint (its model is a {kind}); pass --family")
+    half = any(p.dtype == torch.float16 for p in net.parameters())
+    net = set_requires_grad(_compat(net).float(), True)
+    meta: dict[str, Any] = {"half": half, "bare": bare, "opt": ckpt.get("opt")}
+    section = ckpt.get(PLAN_KEY)
+    if isinstance(section, dict):
+        meta["pruning"] = {k: section[k] for k in ("version", "settings", "report") if k in section}
+    return Loaded(net, "yolov5", str(spec), meta)
+
+
+def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
+    """Write the checkpoint ``strip_optimizer`` writes (fp16 unless the source was fp32, frozen parameters), with
+    classes named as in the source file, plus yoloprune's section (plan, settings, the original config and a
+    state_dict sharing the model's storage)."""
+    net = copy.deepcopy(_network(loaded.model)).eval()
+    reset_grids(net)
+    net = set_requires_grad(net.half() if loaded.meta.get("half", True) else net.float(), False)
+    config = {k: v for k, v in (getattr(net, "yaml", None) or {}).items() if k != PLAN_KEY}
+    ckpt = {
+        "epoch": -1,
+        "best_fitness": None,
+        "model": net,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "opt": loaded.meta.get("opt") or {},
+        "git": None,
+        "date": datetime.now().isoformat(),
+        PLAN_KEY: {
+            **section,
+            "family": "yolov5",
+            "config": config,
+            "names": names_dict(getattr(net, "names", None)),
+            "state_dict": net.state_dict(),
+        },
+    }
+    return write_checkpoint(ckpt, path, PACKAGE, bool(loaded.meta.get("bare")))
+
+
+def rebuild(section: dict[str, Any]) -> nn.Module:
+    """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it, the
+    saved state_dict loaded strictly (fp16 weights come back as fp32). No pickled module is used."""
+    from ..plan import replay
+
+    net = from_config(section["config"])
+    imgsz = int(section.get("imgsz", 640))
+    t = target(net, prune_head=True)
+    replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], t)
+    net.load_state_dict(section["state_dict"], strict=True)
+    if section.get("names"):
+        net.names = [section["names"][i] for i in sorted(section["names"])]
+    t.record(section["plan"])
+    reset_grids(net)
+    return net.eval()
+
+
+# ------------------------------------------------------------------------------------------------------ export
+def export_module(net: nn.Module, dynamic: bool = False) -> nn.Module:
+    """A copy in YOLOv5's own export mode (export.py): Conv+BN fused, the head returning only its decoded
+    predictions (and protos), grids rebuilt at every size when ``dynamic``."""
+    model = copy.deepcopy(_network(net)).float().eval()
+    with torch.no_grad(), quiet(*LOGGERS):
+        model = model.fuse() if hasattr(model, "fuse") else model
+    head = _head(model)
+    reset_grids(model)
+    head.export, head.dynamic, head.inplace = True, dynamic, True
+    return model
+
+
+def export_metadata(net: nn.Module, imgsz: int) -> dict[str, Any]:
+    """Metadata in the keys ultralytics-style runtimes read (stride, task, names, imgsz)."""
+    net = _network(net)
+    stride = getattr(net, "stride", None)
+    return {
+        "description": "pruned with yoloprune",
+        "stride": int(max(stride.tolist())) if isinstance(stride, torch.Tensor) else 32,
+        "task": "segment" if type(_head(net)).__name__ == "Segment" else "detect",
+        "batch": 1,
+        "imgsz": [imgsz, imgsz],
+        "names": names_dict(getattr(net, "names", None)),
+    }
+
+
+def nms_layout(net: nn.Module) -> tuple[str, int]:
+    """Export-mode predictions are (B, N, 5 + nc [+ masks]): xywh, objectness, class scores."""
+    head = _head(_network(net))
+    if head is None or not hasattr(head, "nc"):
+        raise ValueError(f"{type(net).__name__} has no detection head to add NMS to")
+    return "xywh-obj-class", int(head.nc)
