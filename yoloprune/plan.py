@@ -7,6 +7,7 @@ config and a state_dict).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -60,3 +61,22 @@ def replay(model: nn.Module, example_inputs: Any, removed: dict[str, list[int]],
     if {m: v for m, v in result.modules.items() if v} != {m: sorted(v) for m, v in removed.items() if v}:
         raise PruneError("the plan does not match this model: replaying it removes other channels than it names")
     return result
+
+
+def rebuild(
+    section: dict[str, Any], build: Callable[[Any], nn.Module], target_of: Callable[..., Target]
+) -> tuple[nn.Module, Target]:
+    """A pruned network from a checkpoint section: ``build(section["config"])`` makes the unpruned network, the plan
+    is replayed onto it and the saved state_dict loaded strictly; the composed plan is recorded on the network."""
+    import copy
+
+    import torch
+
+    net = build(section["config"])
+    imgsz = int(section.get("imgsz", 640))
+    target = target_of(net, prune_head=True)
+    replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], target)
+    net.load_state_dict(section["state_dict"], strict=True)
+    if target.record is not None:
+        target.record(copy.deepcopy(section["plan"]))
+    return net, target

@@ -250,3 +250,53 @@ def names_dict(names: Any) -> dict[int, str]:
     if isinstance(names, (list, tuple)):
         return {i: str(v) for i, v in enumerate(names)}
     return {}
+
+
+def anchor_checkpoint(
+    net: nn.Module,
+    meta: dict[str, Any],
+    path: str | Path,
+    section: dict[str, Any],
+    family: str,
+    package: str,
+    extra: dict[str, Any],
+) -> Path:
+    """Write a YOLOv5/YOLOv7 network (a copy with its grids reset) the way their ``strip_optimizer`` does: fp16
+    unless the source was fp32, frozen parameters, classes named as in the source file; plus yoloprune's section
+    (plan and settings, the original config, a state_dict sharing the model's storage). ``extra`` holds the family's
+    own keys."""
+    from datetime import datetime
+
+    net = set_requires_grad(net.half() if meta.get("half", True) else net.float(), False)
+    config = {k: v for k, v in (getattr(net, "yaml", None) or {}).items() if k != "yoloprune"}
+    ckpt = {
+        "epoch": -1,
+        "best_fitness": None,
+        "model": net,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        **extra,
+        "date": datetime.now().isoformat(),
+        "yoloprune": {
+            **section,
+            "family": family,
+            "config": config,
+            "names": names_dict(getattr(net, "names", None)),
+            "state_dict": net.state_dict(),
+        },
+    }
+    return write_checkpoint(ckpt, path, package, bool(meta.get("bare")))
+
+
+def anchor_metadata(net: nn.Module, head: nn.Module | None, imgsz: int) -> dict[str, Any]:
+    """Export metadata of a YOLOv5/YOLOv7 network in the keys ultralytics-style runtimes read."""
+    stride = getattr(net, "stride", None)
+    return {
+        "description": "pruned with yoloprune",
+        "stride": int(max(stride.tolist())) if isinstance(stride, torch.Tensor) else 32,
+        "task": "segment" if type(head).__name__ == "Segment" else "detect",
+        "batch": 1,
+        "imgsz": [imgsz, imgsz],
+        "names": names_dict(getattr(net, "names", None)),
+    }

@@ -187,15 +187,10 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
 def rebuild(section: dict[str, Any]) -> nn.Module:
     """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it, the
     saved state_dict loaded strictly. No pickled module is used."""
-    from ..plan import replay
+    from ..plan import rebuild as replay_section
 
-    net = from_config(section["config"])
-    imgsz = int(section.get("imgsz", 640))
-    t = target(net, prune_head=True)
-    replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], t)
-    net.load_state_dict(section["state_dict"], strict=True)
+    net, _ = replay_section(section, from_config, target)
     net.names = section.get("names") or getattr(net, "names", None)
-    t.record(section["plan"])
     return net.eval()
 
 

@@ -10,7 +10,6 @@ or not: run them with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (trusted files only
 from __future__ import annotations
 
 import copy
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,14 @@ from ..graph.registry import Policy
 from ..images import Preprocess
 from . import Loaded, Target
 from ._upstream import (
+    anchor_checkpoint,
+    anchor_metadata,
     class_names,
     family_of,
-    names_dict,
     quiet,
     read_checkpoint,
     require,
     set_requires_grad,
-    write_checkpoint,
 )
 
 PACKAGE = "yolov5"
@@ -175,47 +174,21 @@ def load(spec: str) -> Loaded:
 
 
 def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
-    """Write the checkpoint ``strip_optimizer`` writes (fp16 unless the source was fp32, frozen parameters), with
-    classes named as in the source file, plus yoloprune's section (plan, settings, the original config and a
-    state_dict sharing the model's storage)."""
+    """Write the checkpoint ``strip_optimizer`` writes, with yoloprune's section (see ``anchor_checkpoint``)."""
     net = copy.deepcopy(_network(loaded.model)).eval()
     reset_grids(net)
-    net = set_requires_grad(net.half() if loaded.meta.get("half", True) else net.float(), False)
-    config = {k: v for k, v in (getattr(net, "yaml", None) or {}).items() if k != PLAN_KEY}
-    ckpt = {
-        "epoch": -1,
-        "best_fitness": None,
-        "model": net,
-        "ema": None,
-        "updates": None,
-        "optimizer": None,
-        "opt": loaded.meta.get("opt") or {},
-        "git": None,
-        "date": datetime.now().isoformat(),
-        PLAN_KEY: {
-            **section,
-            "family": "yolov5",
-            "config": config,
-            "names": names_dict(getattr(net, "names", None)),
-            "state_dict": net.state_dict(),
-        },
-    }
-    return write_checkpoint(ckpt, path, PACKAGE, bool(loaded.meta.get("bare")))
+    extra = {"opt": loaded.meta.get("opt") or {}, "git": None}
+    return anchor_checkpoint(net, loaded.meta, path, section, "yolov5", PACKAGE, extra)
 
 
 def rebuild(section: dict[str, Any]) -> nn.Module:
     """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it, the
     saved state_dict loaded strictly (fp16 weights come back as fp32). No pickled module is used."""
-    from ..plan import replay
+    from ..plan import rebuild as replay_section
 
-    net = from_config(section["config"])
-    imgsz = int(section.get("imgsz", 640))
-    t = target(net, prune_head=True)
-    replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], t)
-    net.load_state_dict(section["state_dict"], strict=True)
+    net, _ = replay_section(section, from_config, target)
     if section.get("names"):
         net.names = [section["names"][i] for i in sorted(section["names"])]
-    t.record(section["plan"])
     reset_grids(net)
     return net.eval()
 
@@ -236,15 +209,7 @@ def export_module(net: nn.Module, dynamic: bool = False) -> nn.Module:
 def export_metadata(net: nn.Module, imgsz: int) -> dict[str, Any]:
     """Metadata in the keys ultralytics-style runtimes read (stride, task, names, imgsz)."""
     net = _network(net)
-    stride = getattr(net, "stride", None)
-    return {
-        "description": "pruned with yoloprune",
-        "stride": int(max(stride.tolist())) if isinstance(stride, torch.Tensor) else 32,
-        "task": "segment" if type(_head(net)).__name__ == "Segment" else "detect",
-        "batch": 1,
-        "imgsz": [imgsz, imgsz],
-        "names": names_dict(getattr(net, "names", None)),
-    }
+    return anchor_metadata(net, _head(net), imgsz)
 
 
 def nms_layout(net: nn.Module) -> tuple[str, int]:

@@ -219,20 +219,17 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
 def rebuild(section: dict[str, Any]) -> nn.Module:
     """The pruned network from yoloprune's section: the config, the plan replayed onto it (traced with decoding off,
     which changes no channel), the saved state_dict loaded strictly."""
-    from ..plan import replay
+    from ..plan import rebuild as replay_section
 
-    net = build(section["config"])
-    imgsz = int(section.get("imgsz", 640))
-    t = target(net, prune_head=True)
-    net.head.decode_in_inference = False
-    try:
-        replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], t)
-    finally:
-        net.head.decode_in_inference = True
-    net.load_state_dict(section["state_dict"], strict=True)
+    def unpruned(config: Any) -> nn.Module:
+        net = build(config)
+        net.head.decode_in_inference = False
+        return net
+
+    net, _ = replay_section(section, unpruned, target)
+    net.head.decode_in_inference = True
     if section.get("names"):
         _state(net)["names"] = dict(section["names"])
-    t.record(copy.deepcopy(section["plan"]))
     return net.eval()
 
 

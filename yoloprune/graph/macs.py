@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .nest import map_tensors, tensors_in
+
 
 def _conv(args: tuple, kwargs: dict, out: Any) -> int:
     weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
@@ -92,7 +94,7 @@ class MacCounter(TorchFunctionMode):
 
 def meta_args(args: tuple, kwargs: dict, convert: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple:
     """When a call mixes meta tensors with real ones (other than 0-dim scalars), move the real ones to meta."""
-    found = [t for t in _tensors(args) + _tensors(kwargs) if t.ndim > 0]
+    found = [t for t in tensors_in(args) + tensors_in(kwargs) if t.ndim > 0]
     if not found or all(t.is_meta for t in found) or not any(t.is_meta for t in found):
         return args, kwargs
 
@@ -101,26 +103,4 @@ def meta_args(args: tuple, kwargs: dict, convert: Callable[[torch.Tensor], torch
             return t
         return convert(t) if convert is not None else torch.empty_like(t, device="meta")
 
-    return _map(args, to_meta), _map(kwargs, to_meta)
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
-
-
-def _map(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_map(o, fn) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map(o, fn) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _map(v, fn) for k, v in obj.items()}
-    return obj
+    return map_tensors(args, to_meta), map_tensors(kwargs, to_meta)

@@ -20,6 +20,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from .macs import COUNTERS, meta_args, op_macs
+from .nest import map_tensors as _map_tensors
+from .nest import tensors_in
 from .registry import Policy, policy_for
 from .slots import Labels, Slots, spread, uniform
 
@@ -104,29 +106,6 @@ def op_name(func: Any) -> str:
     except Exception:
         name = None
     return name or getattr(func, "__qualname__", None) or repr(func)
-
-
-def tensors_in(obj: Any) -> list[torch.Tensor]:
-    """All tensors in a nest of lists, tuples and dicts."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in tensors_in(o)]
-    if isinstance(obj, Mapping):
-        return [t for o in obj.values() for t in tensors_in(o)]
-    return []
-
-
-def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_map_tensors(o, fn) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(o, fn) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    return obj
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
