@@ -300,3 +300,45 @@ def anchor_metadata(net: nn.Module, head: nn.Module | None, imgsz: int) -> dict[
         "imgsz": [imgsz, imgsz],
         "names": names_dict(getattr(net, "names", None)),
     }
+
+
+ANCHOR_HYP = {
+    "box": 0.05,
+    "cls": 0.5,
+    "cls_pw": 1.0,
+    "obj": 1.0,
+    "obj_pw": 1.0,
+    "fl_gamma": 0.0,
+    "anchor_t": 4.0,
+    "label_smoothing": 0.0,
+}  # YOLOv5/YOLOv7 scratch-low gains
+
+
+def anchor_loss(net: nn.Module, loss_class: type, imgsz: int) -> Any:
+    """A YOLOv5/YOLOv7 ``ComputeLoss`` for ``net`` with the scratch-low gains scaled the way their train.py scales
+    them (by the number of levels, classes and the image size); returns ``loss(batch) -> tensor``."""
+    head = net.model[-1]
+    hyp = dict(ANCHOR_HYP)
+    hyp["box"] *= 3 / head.nl
+    hyp["cls"] *= head.nc / 80 * 3 / head.nl
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / head.nl
+    net.hyp, net.gr = hyp, 1.0
+    compute = loss_class(net)
+
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = torch.cat([batch["batch_idx"][:, None], batch["cls"], batch["bboxes"]], 1).to(batch["img"].device)
+        total, _ = compute(net(batch["img"]), targets)
+        return total.sum()
+
+    return loss
+
+
+def raw_maps(out: Any) -> list[torch.Tensor]:
+    """The raw per-level maps a YOLOv5/YOLOv7 head returns beside its decoded predictions in eval mode (decoding
+    writes in place, so distillation must read these)."""
+    if isinstance(out, list):
+        return out
+    for item in out if isinstance(out, tuple) else ():
+        if isinstance(item, list):
+            return item
+    raise ValueError("the head returned no raw maps")

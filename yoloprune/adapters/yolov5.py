@@ -21,10 +21,12 @@ from ..images import Preprocess
 from . import Loaded, Target
 from ._upstream import (
     anchor_checkpoint,
+    anchor_loss,
     anchor_metadata,
     class_names,
     family_of,
     quiet,
+    raw_maps,
     read_checkpoint,
     require,
     set_requires_grad,
@@ -218,3 +220,14 @@ def nms_layout(net: nn.Module) -> tuple[str, int]:
     if head is None or not hasattr(head, "nc"):
         raise ValueError(f"{type(net).__name__} has no detection head to add NMS to")
     return "xywh-obj-class", int(head.nc)
+
+
+def train_loss(net: nn.Module, imgsz: int) -> Any:
+    """The family's own detection loss (``ComputeLoss``) on batches of letterboxed images with normalised labels."""
+    compute = require("yolov5.utils.loss", "YOLOv5", INSTALL).ComputeLoss
+    return anchor_loss(_network(net), compute, imgsz)
+
+
+def raw_outputs(out: Any) -> list[torch.Tensor]:
+    """The head's raw maps, what distillation compares (see ``yoloprune.train.kd.anchor_kd``)."""
+    return raw_maps(out)

@@ -266,3 +266,23 @@ def export_metadata(net: nn.Module, imgsz: int) -> dict[str, Any]:
 def nms_layout(net: nn.Module) -> tuple[str, int]:
     """Decoded predictions are (B, N, 5 + nc): xywh, objectness and class scores (both after sigmoid)."""
     return "xywh-obj-class", int(_network(net).head.num_classes)
+
+
+def train_loss(net: nn.Module, imgsz: int) -> Any:
+    """YOLOX's own loss, computed by its head in training mode from targets (B, max_labels, 5) of class and
+    xywh in pixels."""
+    model = _network(net)
+
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        images = batch["img"]
+        counts = torch.bincount(batch["batch_idx"].long(), minlength=images.shape[0])
+        targets = torch.zeros(images.shape[0], max(int(counts.max()) if counts.numel() else 0, 1), 5)
+        slot = torch.zeros(images.shape[0], dtype=torch.long)
+        for i, cls, box in zip(
+            batch["batch_idx"].long().tolist(), batch["cls"][:, 0].tolist(), (batch["bboxes"] * imgsz).tolist()
+        ):
+            targets[i, slot[i]] = torch.tensor([cls, *box])
+            slot[i] += 1
+        return model(images, targets.to(images.device))["total_loss"]
+
+    return loss

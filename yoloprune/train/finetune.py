@@ -95,6 +95,23 @@ def finetune(
     if epochs < 1 or batch < 1 or imgsz < 32:
         raise ValueError("epochs and batch must be >= 1 and imgsz >= 32")
     _check_data(data)
+    family = _family(model) if not resume else "ultralytics"
+    if family != "ultralytics":
+        return _finetune_family(
+            model,
+            data,
+            out,
+            epochs=epochs,
+            teacher=teacher,
+            kd_weight=kd_weight,
+            imgsz=imgsz,
+            batch=batch,
+            device=device,
+            lr0=lr0,
+            workers=workers,
+            seed=seed,
+            start=start,
+        )
     last = out / "weights" / "last.pt"
     if resume:
         if not last.is_file():
@@ -165,6 +182,48 @@ def finetune(
         getattr(trainer, "epoch_time", seconds / max(epochs_done, 1)) or 0.0,
         params,
         metrics,
+    )
+
+
+def _family(model: Any) -> str:
+    from ..adapters import resolve
+
+    if isinstance(model, (str, Path)):
+        from ..adapters._upstream import guess_family
+
+        return guess_family(str(model)) or "ultralytics"
+    return resolve(model).family
+
+
+def _finetune_family(
+    model: Any, data: str | Path, out: Path, *, teacher: Any, start: float, **settings: Any
+) -> FinetuneResult:
+    """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``); the result is
+    written in the family's format as ``out/weights/best.pt`` (the last epoch's weights)."""
+    from ..adapters import Loaded, resolve
+    from ..models import load_model, save_model
+    from .loop import fit
+
+    loaded = load_model(str(model)) if isinstance(model, (str, Path)) else None
+    if loaded is None:
+        target = resolve(model)
+        loaded = Loaded(target.module, target.family, "memory", {})
+    reference = load_model(str(teacher), loaded.family).model if isinstance(teacher, (str, Path)) else teacher
+    lr0 = settings.pop("lr0") or 0.01
+    result = fit(loaded.model, data, teacher=reference, lr=lr0, family=loaded.family, **settings)
+    best = save_model(
+        loaded,
+        out / "weights" / "best.pt",
+        {"finetune": {"epochs": settings["epochs"], "teacher": str(teacher) if teacher else None}},
+    )
+    return FinetuneResult(
+        best,
+        best,
+        result.epochs,
+        time.perf_counter() - start,
+        result.seconds / max(result.epochs, 1),
+        sum(p.numel() for p in loaded.model.parameters()),
+        {"train/loss": result.last_loss},
     )
 
 

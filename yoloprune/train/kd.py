@@ -53,3 +53,15 @@ def decoded_kd(student: torch.Tensor, teacher: torch.Tensor, layout: str, nc: in
     weight = t_p.max(-1, keepdim=True).values
     box = ((s_box - t_box).abs() / imgsz * weight).sum() / weight.sum().clamp_min(1e-6)
     return probs + box
+
+
+def anchor_kd(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Distillation on anchor-based heads' raw maps (B, anchors, H, W, 5 + nc): BCE of objectness and class logits
+    against the teacher's probabilities, MSE of the box terms after the sigmoid both decode with."""
+    total = torch.zeros(())
+    for s, t in zip(student, teacher):
+        s, t = s.float(), t.float().detach()
+        scores = F.binary_cross_entropy_with_logits(s[..., 4:], t[..., 4:].sigmoid())
+        boxes = F.mse_loss(s[..., :4].sigmoid(), t[..., :4].sigmoid())
+        total = total + scores + boxes
+    return total / max(len(student), 1)

@@ -1,8 +1,9 @@
-"""Distillation-only recovery on unlabelled images, for any family, on one process or across GPUs (torchrun).
+"""Training loops for the families ultralytics' trainer does not cover, on one process or across GPUs (torchrun).
 
-The student learns to reproduce the teacher's decoded predictions (see ``kd.decoded_kd``) on a folder of images.
-Norm layers keep their statistics (the model runs in eval mode; only weights learn), which suits short recovery
-runs. Under ``torchrun`` each rank trains on its share of the images with ``DistributedDataParallel``.
+``fit``: the family's own detection loss on labelled data (YOLOv5/YOLOv7 ``ComputeLoss``, YOLOX's head), plus
+optional distillation. ``distill``: recovery on unlabelled images alone; the student learns to reproduce the
+teacher's decoded predictions (see ``kd.decoded_kd``) with its norm statistics kept (eval mode; only weights learn).
+Under ``torchrun`` each rank trains on its share of the images with ``DistributedDataParallel``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..images import Preprocess, check_imgsz, letterbox, list_images, read_image, to_tensor
-from .kd import decoded_kd
+from .kd import anchor_kd, decoded_kd
 
 
 class ImageFolder(Dataset):
@@ -124,6 +125,99 @@ def distill(
     for p in net.parameters():
         p.requires_grad_(False)
     return DistillResult(step, epoch + 1, time.perf_counter() - start, loss_value, None)
+
+
+def fit(
+    student: nn.Module,
+    data: str | Path,
+    *,
+    epochs: int = 10,
+    teacher: nn.Module | None = None,
+    kd_weight: float = 1.0,
+    imgsz: int = 640,
+    batch: int = 16,
+    lr: float = 0.01,
+    device: str = "cpu",
+    workers: int = 0,
+    seed: int = 0,
+    family: str | None = None,
+) -> DistillResult:
+    """Train ``student`` (in place) with its family's own loss on ``data``'s train split (left-right flips; SGD with
+    a warm-up and a cosine schedule), adding ``kd_weight`` x distillation from ``teacher`` when given."""
+    from ..adapters import _adapter, resolve
+    from .batches import LabelledImages, collate
+
+    check_imgsz(imgsz)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    rank, world = _world()
+    target = resolve(student, family, prune_head=True)
+    adapter = _adapter(target.family)
+    if not hasattr(adapter, "train_loss"):
+        raise ValueError(f"{target.family} models train with their own trainer: use yoloprune.finetune")
+    net = target.module.to(device)
+    loss_fn = adapter.train_loss(net, imgsz)
+    data_set = LabelledImages(data, "train", imgsz, getattr(adapter, "PREPROCESS", Preprocess()), flip=True)
+    sampler = DistributedSampler(data_set, world, rank, shuffle=True, seed=seed) if world > 1 else None
+    loader = DataLoader(
+        data_set,
+        batch_size=batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=len(data_set) >= batch * world,
+    )
+    ref = None
+    if teacher is not None:
+        t_target = resolve(teacher, family, prune_head=True)
+        ref = t_target.module.to(device).eval()
+        layout, nc = adapter.nms_layout(net)
+        select_s, select_t = target.outputs or (lambda o: o), t_target.outputs or (lambda o: o)
+    fixed = tuple(getattr(adapter, "FIXED_PARAMETERS", ()))
+    params = [p for name, p in net.named_parameters() if not any(part in name for part in fixed)]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    total = max(1, epochs * len(loader))
+    warmup = min(total // 10, 100)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.937, nesterov=True, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * s / total))
+    )
+    step, loss_value = 0, float("nan")
+    for epoch in range(epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for item in loader:
+            item = {k: v.to(device) for k, v in item.items()}
+            net.train()
+            loss = loss_fn(item)
+            if ref is not None:
+                with torch.no_grad():
+                    reference = ref(item["img"])
+                net.eval()
+                if hasattr(adapter, "raw_outputs"):  # anchor heads decode in place: distil their raw maps
+                    kd = anchor_kd(adapter.raw_outputs(net(item["img"])), adapter.raw_outputs(reference))
+                else:
+                    kd = decoded_kd(_first(select_s(net(item["img"]))), _first(select_t(reference)), layout, nc, imgsz)
+                loss = loss + kd_weight * kd * item["img"].shape[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:  # the family's loss calls the bare network, so average gradients across ranks by hand
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            schedule.step()
+            step, loss_value = step + 1, float(loss.detach())
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return DistillResult(step, epochs, time.perf_counter() - start, loss_value, None)
 
 
 def _first(out: Any) -> torch.Tensor:
