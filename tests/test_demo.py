@@ -11,9 +11,10 @@ def test_quick_demo_end_to_end_and_reuses_its_baseline(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--quick"]) == 0
     printed = capsys.readouterr().out
-    assert "| baseline |" in printed and "| pruned + fine-tuned (KD) |" in printed
+    assert "| baseline |" in printed and "| pruned + 1 epochs fine-tuning (KD) |" in printed
     results = json.loads((out / "results.json").read_text())
-    base, pruned, tuned = results["rows"]
+    base, longer, pruned, tuned = results["rows"]
+    assert longer["params"] == base["params"] and longer["latency_ms"] is None
     assert 0.45 <= pruned["macs"] / base["macs"] <= 0.55 and tuned["params"] == pruned["params"] < base["params"]
     assert base["latency_ms"] > 0 and tuned["latency_ms"] > 0
     for name in ("report.md", "pareto.png", "baseline.onnx", "pruned.onnx", "pruned.pt"):
