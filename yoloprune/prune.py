@@ -139,6 +139,7 @@ def prune(
     aggregate: str = "mean",
     normalize_layers: bool = False,
     taylor_loss: Callable[[nn.Module], Any] | None = None,
+    data: str | None = None,
     steps: int = 1,
     between_steps: Callable[[int, nn.Module], bool | None] | None = None,
     protect_first: bool = True,
@@ -154,7 +155,8 @@ def prune(
     ``target_macs`` / ``target_params`` (a fraction of the original, reached within about 2%), or
     ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``),
     or ``unit_ratios`` (a ratio per stage or group, e.g. from ``yoloprune sensitivity``; ``units_by``).
-    Which: ``importance`` ranks channels ("l2", "l1", "bn", "taylor" with ``taylor_loss``, "random", or a callable
+    Which: ``importance`` ranks channels ("l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
+    ``data`` yaml, "random", or a callable
     ``(model, graph) -> scores``), combining a group's members with ``aggregate`` (``normalize_layers`` first
     divides each member by its mean);
     ``global_ranking`` compares group-normalised scores across groups, each group losing at most ``max_ratio``.
@@ -179,6 +181,10 @@ def prune(
     if unit_ratios and (ratio is not None or steps > 1):
         raise ValueError("unit_ratios replaces ratio and targets, in one step")
     _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps, max_ratio, importance)
+    if importance == "taylor" and taylor_loss is None and data is not None:
+        from .train.batches import detection_loss, labelled_batches
+
+        taylor_loss = detection_loss(labelled_batches(data, int(example_inputs.shape[-1])))
     settings = {
         "ratio": ratio,
         "unit_ratios": unit_ratios,
