@@ -212,8 +212,6 @@ def _machine() -> dict[str, Any]:
 
 
 def _write_report(out: Path, rows: list[Row], s: Settings, seconds: float, notes: list[str]) -> None:
-    from .sweep import Point, plot
-
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = _machine()
     data = {
@@ -224,22 +222,7 @@ def _write_report(out: Path, rows: list[Row], s: Settings, seconds: float, notes
         "rows": [asdict(r) for r in rows],
     }
     write_atomic(out / "results.json", lambda f: f.write(json.dumps(data, indent=1).encode()))
-    points = [
-        Point(
-            1.0 if r.name == "baseline" else s.target_macs,
-            r.macs,
-            r.params,
-            r.map50_95,
-            r.map50,
-            r.latency_ms,
-            r.path,
-            r.path,
-            0.0,
-        )
-        for r in rows
-        if r.latency_ms is not None
-    ]
-    plot(points, out / "pareto.png")
+    _plot(rows, out / "pareto.png")
     text = [
         "# yoloprune demo",
         "",
@@ -251,7 +234,7 @@ def _write_report(out: Path, rows: list[Row], s: Settings, seconds: float, notes
         f"{s.model} trained from scratch for {s.base_epochs} epochs on the CPU, pruned to {s.target_macs:.0%} of "
         f"its MACs, fine-tuned {s.finetune_epochs} epochs with distillation; the baseline trained as many more epochs "
         f"is the fair comparison, since it is far from converged. mAP by pycocotools on the val split; latency by "
-        f"onnxruntime, {s.threads} thread, {s.runs} runs.",
+        f"onnxruntime, {s.threads} thread, {s.runs} runs (a row without latency runs the same network as a row above).",
         "",
         table(rows),
         "",
@@ -261,3 +244,27 @@ def _write_report(out: Path, rows: list[Row], s: Settings, seconds: float, notes
         "",
     ]
     write_atomic(out / "report.md", lambda f: f.write("\n".join(text).encode()))
+
+
+def _plot(rows: list[Row], path: Path) -> None:
+    """mAP50-95 against ONNX latency and MACs for every row (a row without its own latency takes that of the row
+    with the same network)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = {r.macs: r.latency_ms for r in rows if r.latency_ms is not None}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    markers = ["*", "D", "x", "o"]
+    for ax, key, label in ((axes[0], "latency", "onnxruntime CPU latency p50 (ms)"), (axes[1], "macs", "GMACs")):
+        for row, marker in zip(rows, markers):
+            x = (row.latency_ms or timed.get(row.macs)) if key == "latency" else row.macs / 1e9
+            ax.plot([x], [row.map50_95], marker, markersize=10, label=row.name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mAP50-95")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
