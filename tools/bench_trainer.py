@@ -61,6 +61,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         teacher = save(Loaded(base, "ultralytics", "t", {"train_args": {}}), Path(tmp) / "teacher.pt", {})
         common = {
+            "model": args.model,
             "data": args.data,
             "epochs": args.epochs,
             "imgsz": args.imgsz,
