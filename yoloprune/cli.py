@@ -196,6 +196,7 @@ def _finetune(args: argparse.Namespace) -> int:
         out=args.output,
         workers=args.workers,
         resume=args.resume,
+        **_settings(args.train_set),
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
@@ -226,6 +227,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` trainer settings (values parsed as yaml: numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--train-set expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
@@ -245,6 +259,7 @@ def _sweep(args: argparse.Namespace) -> int:
         threads=args.threads,
         runs=args.runs,
         device=args.device,
+        finetune_args=_settings(args.train_set),
     )
     print((Path(args.output) / "report.md").read_text())
     print(f"wrote {len(points)} points to {args.output} (results.csv, results.json, pareto.png, report.md)")
@@ -455,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
     p.add_argument("--workers", type=int, default=2, help="dataloader workers (2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
+    p.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any ultralytics trainer setting (mosaic=0, nbs=16, optimizer=SGD, ...)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_finetune)
 
@@ -488,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (1)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per point (30)")
     p.add_argument("--device", default="cpu", help="device for fine-tuning (cpu)")
+    p.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ultralytics trainer setting for the fine-tunes (mosaic=0, nbs=16, ...)",
+    )
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("run", help="run a recipe (prune, fine-tune, eval, export, bench) from recipes/*.yaml")
