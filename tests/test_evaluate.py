@@ -121,3 +121,26 @@ def test_bad_datasets_fail_with_a_clear_message(dataset, tmp_path, damage, messa
         target.write_text(data)
     with pytest.raises(DatasetError, match=message):
         load_detection_set(target)
+
+
+def test_onnx_file_evaluates_like_its_pytorch_model(dataset, tmp_path):
+    from yoloprune.adapters.ultralytics import from_config
+    from yoloprune.evaluate import runner_for
+    from yoloprune.export import export_onnx
+
+    torch.manual_seed(0)
+    model = from_config({**from_config("yolov8n.yaml").yaml, "nc": 4})
+    with torch.no_grad():
+        for branch in model.model[-1].cv3:
+            branch[-1].bias.fill_(1.0)  # enough confident detections to compare
+    onnx = tmp_path / "m.onnx"
+    export_onnx(model, onnx, imgsz=64)
+    ours, theirs = runner_for(model), runner_for(onnx)
+    assert (theirs.layout, theirs.nc, theirs.preprocess) == (ours.layout, ours.nc, ours.preprocess)
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(ours.run(x), theirs.run(x), rtol=1e-3, atol=1e-3)
+    a = evaluate(model, dataset / "data.yaml", imgsz=64, batch=2)
+    b = evaluate(onnx, dataset / "data.yaml", imgsz=64)
+    # random weights score every anchor alike, so NMS ties may flip a few boxes, never many
+    assert a.images == b.images == 6 and a.detections > 100
+    assert abs(a.detections - b.detections) <= 0.05 * a.detections
