@@ -35,7 +35,7 @@ def test_shipped_recipes_validate_and_say_what_is_unmeasured():
         ({"model": "m.pt", "imgsz": "640"}, [], "imgsz must be int, got str"),
         ({"model": "m.pt", "prune": {"global_ranking": 1}}, [], "prune.global_ranking must be bool"),
         ({"model": "m.pt"}, ["finetune.epochs=many"], "finetune.epochs must be int, got str"),
-        ({"model": "m.pt"}, ["export.opset"], "--set expects key=value"),
+        ({"model": "m.pt"}, ["export.opset"], "--set expects KEY=VALUE"),
         ({"prune": {}}, [], "names no model"),
     ],
 )
@@ -50,9 +50,14 @@ def test_run_a_recipe_end_to_end(tmp_path):
     data = synthesize(tmp_path / "data", train=4, val=4, imgsz=64, classes=3, seed=3)
     net = randomize(from_config({**from_config("yolov8n.yaml").yaml, "nc": 3}))
     model = save(Loaded(net, "ultralytics", "x", {"train_args": {}}), tmp_path / "m.pt", {})
-    recipe = {"name": "tiny", "model": str(model), "data": str(data), "imgsz": 64,
-              "finetune": {"epochs": 1, "batch": 4, "workers": 0, "overrides": {"mosaic": 0.0, "warmup_epochs": 0}},
-              "bench": {"runs": 2}}
+    recipe = {
+        "name": "tiny",
+        "model": str(model),
+        "data": str(data),
+        "imgsz": 64,
+        "finetune": {"epochs": 1, "batch": 4, "workers": 0, "overrides": {"mosaic": 0.0, "warmup_epochs": 0}},
+        "bench": {"runs": 2},
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "out"

@@ -28,8 +28,22 @@ def setup(tmp_path_factory):
 def test_sweep_writes_every_point_and_resumes(setup, tmp_path, monkeypatch, capsys):
     data, checkpoint = setup
     out = tmp_path / "s"
-    argv = ["sweep", str(checkpoint), "--data", str(data), "-o", str(out), "--targets", "0.7,0.4", "--imgsz", "64",
-            "--runs", "2", "--batch", "4"]
+    argv = [
+        "sweep",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--targets",
+        "0.7,0.4",
+        "--imgsz",
+        "64",
+        "--runs",
+        "2",
+        "--batch",
+        "4",
+    ]
     assert main(argv) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [float(r["target"]) for r in rows] == [1.0, 0.7, 0.4]
@@ -47,8 +61,17 @@ def test_sweep_writes_every_point_and_resumes(setup, tmp_path, monkeypatch, caps
 
 def test_sweep_with_finetuning(setup, tmp_path):
     data, checkpoint = setup
-    points = sweep_module.sweep(checkpoint, data, tmp_path / "ft", [0.5], finetune_epochs=1, imgsz=64, batch=4,
-                                runs=1, finetune_args={"workers": 0, "mosaic": 0.0, "warmup_epochs": 0})
+    points = sweep_module.sweep(
+        checkpoint,
+        data,
+        tmp_path / "ft",
+        [0.5],
+        finetune_epochs=1,
+        imgsz=64,
+        batch=4,
+        runs=1,
+        finetune_args={"workers": 0, "mosaic": 0.0, "warmup_epochs": 0},
+    )
     assert len(points) == 2 and "finetune" in points[1].checkpoint
     assert torch.load(points[1].checkpoint, weights_only=False)["yoloprune"]["finetune"]["teacher"]
 
@@ -56,4 +79,4 @@ def test_sweep_with_finetuning(setup, tmp_path):
 def test_bad_targets(setup, tmp_path, capsys):
     data, checkpoint = setup
     assert main(["sweep", str(checkpoint), "--data", str(data), "-o", str(tmp_path / "x"), "--targets", "1.5"]) == 2
-    assert "MACs fractions in (0, 1)" in capsys.readouterr().err
+    assert "--targets: 1.5 is outside (0, 1]" in capsys.readouterr().err

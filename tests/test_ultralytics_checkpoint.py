@@ -129,7 +129,7 @@ def test_pruning_twice_composes_the_plan(tmp_path):
     ("argv", "message"),
     [
         (["prune", "{src}", "-o", "{src}"], "refusing to overwrite the input"),
-        (["prune", "yolov8n.yaml", "-o", "{src}"], "exists; pass --force"),
+        (["prune", "yolov8n.yaml", "-o", "{src}"], "exists; pass --overwrite"),
         (["prune", "{bad}", "-o", "{out}"], "not a readable PyTorch checkpoint"),
         (["prune", "{other}", "-o", "{out}"], "is not an ultralytics checkpoint"),
         (["prune", "yolov8n.yaml", "-o", "{out}", "--ratio", "1.5"], "ratio must be in (0, 1)"),

@@ -61,6 +61,7 @@ def main() -> int:
                 imgsz=args.imgsz,
                 batch=args.batch,
                 out=out / name,
+                overwrite=True,
                 **train,
             )
             after = evaluate(tuned.best, args.data, imgsz=args.imgsz, batch=args.batch)

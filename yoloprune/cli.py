@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .data.datasets import DatasetError
@@ -30,7 +33,7 @@ def _prune(args: argparse.Namespace) -> int:
     from .models import example_input, load_model, save_model
     from .prune import prune
 
-    out = check_output(args.output, [args.model], args.force)
+    out = check_output(args.output, [args.model], args.overwrite)
     x = example_input(args.imgsz)
     loaded = load_model(args.model, args.family)
     taylor_loss, between = None, None
@@ -111,7 +114,7 @@ def _between_steps(loaded, args: argparse.Namespace, folder: Path):
     """After each pruning step: a short fine-tune (distilling from the input checkpoint) and, with --max-drop, a
     stop when validation mAP50-95 fell more than that below the unpruned model's."""
     from .evaluate import evaluate
-    from .io import load_trusted
+    from .io import load_checkpoint
     from .models import save_model
     from .train import finetune
 
@@ -128,8 +131,9 @@ def _between_steps(loaded, args: argparse.Namespace, folder: Path):
             imgsz=args.imgsz,
             batch=args.batch,
             out=folder / f"step{step}",
+            overwrite=True,
         )
-        loaded.model.load_state_dict(load_trusted(result.best)["model"].float().state_dict())
+        loaded.model.load_state_dict(load_checkpoint(result.best)["model"].float().state_dict())
         if base is None:
             return True
         current = evaluate(loaded.model, args.data, imgsz=args.imgsz).map50_95
@@ -144,7 +148,7 @@ def _export(args: argparse.Namespace) -> int:
     from .io import check_output
     from .models import load_model
 
-    out = check_output(args.output, [args.model], args.force)
+    out = check_output(args.output, [args.model], args.overwrite)
     if args.int8 and not args.calib:
         raise ValueError("--int8 needs --calib DIR (a folder of representative images)")
     loaded = load_model(args.model, args.family)
@@ -196,6 +200,7 @@ def _finetune(args: argparse.Namespace) -> int:
         out=args.output,
         workers=args.workers,
         resume=args.resume,
+        overwrite=args.overwrite,
         **_settings(args.train_set),
     )
     if args.json:
@@ -229,21 +234,20 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _settings(items: list[str]) -> dict:
     """``KEY=VALUE`` trainer settings (values parsed as yaml: numbers, booleans, strings)."""
-    import yaml
+    from .options import parse_assignment
 
     out = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--train-set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        parts, value = parse_assignment(item, "--train-set")
+        out[".".join(parts)] = value
     return out
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from .options import parse_fractions
     from .sweep import sweep
 
-    targets = [float(t) for t in args.targets.split(",") if t.strip()]
+    targets = parse_fractions(args.targets, "--targets")
     points = sweep(
         args.model,
         args.data,
@@ -277,18 +281,21 @@ def _run(args: argparse.Namespace) -> int:
     from .recipe import load_recipe, run
 
     recipe = load_recipe(args.recipe, args.set)
-    out = args.output or f"runs/{recipe['name']}"
+    out = Path(args.output or f"runs/{recipe['name']}")
+    if (out / "results.json").exists() and not args.overwrite:
+        raise ValueError(f"{out} holds the results of a previous run; pass --overwrite to replace them")
     results = run(recipe, out)
     print(json.dumps(results, indent=1, default=str))
     return 0
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
+    from .options import parse_fractions
     from .sensitivity import analyse, write_ratios
 
-    ratios = tuple(float(r) for r in args.ratios.split(",") if r.strip())
-    if not ratios or any(not 0 < r < 1 for r in ratios):
-        raise ValueError("--ratios are fractions in (0, 1)")
+    ratios = tuple(parse_fractions(args.ratios, "--ratios"))
+    if 1.0 in ratios:
+        raise ValueError("--ratios are fractions in (0, 1): a unit cannot lose all its channels")
     rows = analyse(
         args.model,
         args.data,
@@ -376,10 +383,23 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (and exit status 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yoloprune", description="Prune YOLO detectors physically and exactly.")
+    parser = _Parser(prog="yoloprune", description="Prune YOLO detectors physically and exactly.")
     parser.add_argument("--version", action="version", version=f"yoloprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--trust", action="store_true", help="load pickled checkpoints fully (they can run code): trusted files only"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore[method-assign]
 
     p = sub.add_parser("demo", help="the whole job on the synthetic benchmark: train, prune, fine-tune, eval, export")
     p.add_argument("-o", "--output", default="runs/demo", metavar="DIR", help="output folder (runs/demo)")
@@ -425,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family", default=None, help="model family when the file cannot tell: ultralytics, yolov5, yolov7, yolox"
     )
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--overwrite", "--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_prune)
 
@@ -444,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family", default=None, help="model family when the file cannot tell: ultralytics, yolov5, yolov7, yolox"
     )
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--overwrite", "--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="MACs, params and CPU latency (onnxruntime and PyTorch)")
@@ -470,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
     p.add_argument("--workers", type=int, default=2, help="dataloader workers (2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
+    p.add_argument("--overwrite", action="store_true", help="start over when -o already holds a run")
     p.add_argument(
         "--train-set",
         action="append",
@@ -525,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an entry (prune.target_macs=0.4)"
     )
     p.add_argument("-o", "--output", metavar="DIR", help="results folder (runs/<recipe name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results a previous run left in -o")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("sensitivity", help="mAP cost of pruning each stage alone, and ratios for a MACs target")
@@ -541,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets: `yoloprune data synth` writes the synthetic benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_sub.add_parser = functools.partial(data_sub.add_parser, parents=[common])  # type: ignore[method-assign]
     p = data_sub.add_parser("synth", help="a deterministic synthetic detection dataset (COCO JSON + YOLO labels)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (new or empty)")
     p.add_argument("--train", type=int, default=800, help="training images (800)")
@@ -555,11 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return 2."""
+    from .io import trusting
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with trusting(getattr(args, "trust", False)):
+            return args.func(args)
     except USER_ERRORS as exc:
-        print(f"yoloprune {args.command}: error: {exc}", file=sys.stderr)
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"yoloprune {args.command}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head and the like
         sys.stderr.close()

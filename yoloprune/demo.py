@@ -162,6 +162,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
         imgsz=s.imgsz,
         batch=s.batch,
         out=out / "finetune",
+        overwrite=True,
         **{k: v for k, v in TRAIN_ARGS.items() if k != "close_mosaic"},
     ).best
     _step(f"the baseline trained {s.finetune_epochs} more epochs too: the same training budget", start)
@@ -172,6 +173,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
         imgsz=s.imgsz,
         batch=s.batch,
         out=out / "baseline_longer",
+        overwrite=True,
         **{k: v for k, v in TRAIN_ARGS.items() if k != "close_mosaic"},
     ).best
     _step("evaluate, export to ONNX and time with onnxruntime", start)

@@ -97,6 +97,7 @@ def export_onnx(
     """
     start = time.perf_counter()
     check_imgsz(imgsz)
+    check_opset(opset)
     adapter, net, spec = family_hooks(model, family)
     export_net = adapter.export_module(net, dynamic) if adapter is not None else copy.deepcopy(net).eval()
     if nms:
@@ -190,6 +191,17 @@ def _meta_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an opset torch's TorchScript exporter cannot write (onnxruntime runs every opset it writes)."""
+    try:
+        from torch.onnx._constants import ONNX_MIN_OPSET as low
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as high
+    except ImportError:  # private constants; these are torch 2.14's values
+        low, high = 7, 20
+    if not low <= opset <= high:
+        raise ExportError(f"ONNX opset {opset} is not supported here: choose {low}..{high} (default {DEFAULT_OPSET})")
+
+
 def session(data: bytes | str | Path, threads: int = 0) -> Any:
     """An onnxruntime CPU session (``threads`` 0: onnxruntime's default)."""
     import onnxruntime as ort
@@ -200,7 +212,11 @@ def session(data: bytes | str | Path, threads: int = 0) -> Any:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     source = data if isinstance(data, bytes) else str(data)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        what = "the exported model" if isinstance(data, bytes) else str(data)
+        raise ExportError(f"onnxruntime {ort.__version__} cannot load {what}: {str(exc).splitlines()[0]}") from exc
 
 
 def _run_onnx(data: bytes, x: torch.Tensor) -> list[np.ndarray]:

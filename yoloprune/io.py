@@ -1,32 +1,131 @@
-"""Reading and writing checkpoints: trusted pickles, a reader that instantiates no upstream class, atomic writes."""
+"""Reading and writing checkpoints: an allow-listed loader (full unpickling only when trusted), a reader that
+instantiates no upstream class, atomic writes."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import io
+import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+MODEL_PACKAGES = ("torch.nn", "ultralytics", "yolov5", "yolov7", "yolox")
+"""Packages whose ``nn.Module`` classes a checkpoint may name without ``trust``."""
+
+DATA_GLOBALS = {
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "types.SimpleNamespace",
+    "argparse.Namespace",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+}
+"""Plain-data classes and numpy's array/scalar rebuilders, which training scripts leave in checkpoints."""
+
+_TRUST: ContextVar[bool] = ContextVar("yoloprune_trust", default=False)
+log = logging.getLogger("yoloprune")
 
 
-def load_trusted(path: str | Path) -> Any:
-    """Load a checkpoint with full unpickling.
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint names code outside yoloprune's allow-list and the user has not said it is trusted."""
 
-    Checkpoints of YOLO families are Python pickles of whole models: loading one runs code named in the file, so only
-    load files you trust (your own training runs, official releases). torch >= 2.6 refuses them with its default
-    ``weights_only=True``; this function is the one place yoloprune lifts that.
+
+@contextmanager
+def trusting(trust: bool = True) -> Iterator[None]:
+    """Within this block, checkpoints load with full unpickling (``--trust``); see ``load_checkpoint``."""
+    token = _TRUST.set(trust)
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def trusted() -> bool:
+    """Whether checkpoints load with full unpickling here (inside ``trusting()``)."""
+    return _TRUST.get()
+
+
+def checkpoint_globals(path: str | Path) -> list[str]:
+    """Every class or function a checkpoint's pickle names beyond torch's own safe set, read without loading."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (torch >= 1.6 zip format): {exc}") from exc
+
+
+def _allowed(name: str, remap: Mapping[str, str]) -> Any:
+    """The object ``name`` refers to when it is on the allow-list, else None. Only modules of the allowed packages
+    are imported."""
+    module, _, attr = name.rpartition(".")
+    root = module.split(".")[0]
+    if root in remap:
+        module = remap[root] + module[len(root) :]
+    if name in DATA_GLOBALS or (name.startswith("numpy.dtypes.") and name.endswith("DType")):
+        wanted: type | None = None
+    elif any(module == p or module.startswith(p + ".") for p in MODEL_PACKAGES):
+        wanted = nn.Module
+    else:
+        return None
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+    if wanted is not None and not (inspect.isclass(obj) and issubclass(obj, wanted)):
+        return None
+    return obj
+
+
+def load_checkpoint(
+    path: str | Path,
+    trust: bool | None = None,
+    remap: Mapping[str, str] | None = None,
+    pickle_module: Any = None,
+) -> Any:
+    """Load a checkpoint; every checkpoint yoloprune reads comes through here.
+
+    Checkpoints of YOLO families are pickles of whole models, and unpickling runs code the file names. By default
+    this loads with ``weights_only=True`` and allows only ``nn.Module`` classes of torch.nn and the YOLO packages
+    (``MODEL_PACKAGES``) plus plain data (``DATA_GLOBALS``); a file naming anything else raises
+    ``UntrustedCheckpoint``. With ``trust=True`` (or inside ``trusting()``, the CLI's ``--trust``) it unpickles
+    fully, after a one-line warning. ``remap`` maps a clone's bare top-level modules onto a package
+    (``{"models": "yolov5.models"}``); ``pickle_module`` is what a trusted load unpickles with.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
+    trust = _TRUST.get() if trust is None else trust
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        if trust:
+            log.warning("yoloprune: loading %s with full unpickling (--trust): it can run any code it names", path)
+            extra = {"pickle_module": pickle_module} if pickle_module is not None else {}
+            return torch.load(path, map_location="cpu", weights_only=False, **extra)
+        allowed = []
+        for name in sorted(checkpoint_globals(path)):
+            obj = _allowed(name, remap or {})
+            if obj is None:
+                raise UntrustedCheckpoint(
+                    f"{path} names {name}, which is not on yoloprune's allow-list of model classes; "
+                    "if you trust the file, load it with --trust (trust=True)"
+                )
+            allowed.append((obj, name))
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {str(exc).splitlines()[0]}") from exc
     except ModuleNotFoundError as exc:
         raise ValueError(f"{path} needs the Python package that defines its model ({exc.name}); install it") from exc
 
@@ -112,14 +211,17 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def check_output(out: str | Path, inputs: list[str | Path], force: bool = False) -> Path:
-    """Refuse to overwrite an input, and an existing file unless ``force``."""
+def check_output(out: str | Path, inputs: list[str | Path], overwrite: bool = False) -> Path:
+    """Refuse to overwrite an input, and an existing file unless ``overwrite``."""
     out = Path(out)
     for given in inputs:
         if Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
             raise ValueError(f"refusing to overwrite the input {given}; choose another -o")
-    if out.exists() and not force:
-        raise ValueError(f"{out} exists; pass --force to overwrite it")
-    if out.exists() and out.is_dir():
-        raise ValueError(f"{out} is a directory")
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; give a file name")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+        raise ValueError(f"cannot write {out}: {parent} is not a writable folder")
     return out

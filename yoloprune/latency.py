@@ -36,29 +36,37 @@ def fraction_for_latency(
     """The largest MACs fraction (least pruning) whose pruned copy measures at most ``target_ms``; returns the
     fraction and its measured latency. ``prune_to(copy, fraction)`` prunes a copy to a MACs fraction."""
     from .adapters import resolve
+    from .prune import UnreachableTarget
 
     imgsz = imgsz or int(example_inputs.shape[-1])
     base = resolve(model).module
     unpruned = measure(base, imgsz, threads)
     if unpruned <= target_ms:
         raise PruneError(f"the model already runs in {unpruned:.1f} ms <= {target_ms} ms; nothing to prune")
+
+    def probe_at(fraction: float) -> float:
+        probe = copy.deepcopy(base)
+        prune_to(probe, fraction)
+        return measure(probe, imgsz, threads)
+
     lo, hi = 0.05, 1.0
-    best: tuple[float, float] | None = None
+    try:
+        fastest = probe_at(lo)
+    except UnreachableTarget as exc:
+        lo = exc.reached + 0.005
+        fastest = probe_at(lo)
+    if fastest > target_ms:
+        raise PruneError(
+            f"even at {lo:.0%} of the MACs (the most it can be pruned) the model runs in {fastest:.1f} ms "
+            f"> {target_ms} ms"
+        )
+    best = (lo, fastest)
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        probe = copy.deepcopy(base)
-        prune_to(probe, mid)
-        ms = measure(probe, imgsz, threads)
+        ms = probe_at(mid)
         if ms <= target_ms:
-            best = (mid, ms) if best is None or mid > best[0] else best
+            best = (mid, ms)
             lo = mid
         else:
             hi = mid
-    if best is None:
-        probe = copy.deepcopy(base)
-        prune_to(probe, lo)
-        ms = measure(probe, imgsz, threads)
-        if ms > target_ms:
-            raise PruneError(f"even at {lo:.0%} of the MACs the model runs in {ms:.1f} ms > {target_ms} ms")
-        best = (lo, ms)
     return best

@@ -21,6 +21,15 @@ from .importance import CRITERIA, channel_scores
 from .plan import compose
 from .strategy import Selection, finish, search, uniform_counts, unit_counts
 
+
+class UnreachableTarget(PruneError):
+    """A MACs/params target below what the frozen layers and ``max_ratio`` allow; ``reached`` is the least possible."""
+
+    def __init__(self, message: str, reached: float):
+        super().__init__(message)
+        self.reached = reached
+
+
 MAX_ATTEMPTS = 10
 Scorer = Callable[[nn.Module, Any], np.ndarray]
 
@@ -369,10 +378,15 @@ def _step(
             )
             base = graph.trace.macs if goal.metric == "macs" else sum(graph.trace.numels.values())
             got = (selection.macs if goal.metric == "macs" else selection.params) / max(base, 1)
+            if got > goal.fraction + 0.02:
+                raise UnreachableTarget(
+                    f"cannot reach {goal.metric} {goal.fraction:.3f} of the original: {got:.3f} is the least "
+                    f"possible with max_ratio {max_ratio} and the frozen layers; raise the target or --max-ratio",
+                    got,
+                )
             if abs(got - goal.fraction) > 0.02:
                 notes.append(
-                    f"{goal.metric} target {goal.fraction:.3f} of this step reached only {got:.3f}: "
-                    "the rest is frozen or capped by max_ratio"
+                    f"{goal.metric} target {goal.fraction:.3f} of this step landed at {got:.3f} (round_to={round_to})"
                 )
         if selection.rounded or selection.too_small:
             notes.append(

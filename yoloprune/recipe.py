@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .io import write_atomic
+from .options import parse_assignment
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
@@ -130,13 +131,16 @@ def load_recipe(path: str | Path, sets: list[str] = ()) -> dict[str, Any]:
         raise RecipeError(f"{path} is not valid yaml: {exc}") from exc
     _check(recipe, SCHEMA, "")
     for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise RecipeError(f"--set expects key=value, got {item!r}")
-        node, parts = recipe, key.split(".")
-        for part in parts[:-1]:
+        try:
+            parts, value = parse_assignment(item)
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
+        node = recipe
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node[parts[-1]] = value
     _check(recipe, SCHEMA, "")
     if "model" not in recipe:
         raise RecipeError("the recipe names no model")
@@ -236,6 +240,7 @@ def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str) 
             device=str(f["device"]),
             workers=f["workers"],
             out=out / "finetune",
+            overwrite=True,
             **extra,
             **f["overrides"],
         ).best

@@ -156,6 +156,7 @@ def sweep(
                     batch=batch,
                     device=device,
                     out=out / "finetune" / f"{target:.3f}",
+                    overwrite=True,
                     **(finetune_args or {}),
                 )
                 checkpoint = result.best

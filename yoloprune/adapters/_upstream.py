@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io import _PLAIN, _Opaque, write_atomic
+from ..io import _PLAIN, _Opaque, checkpoint_globals, trusted, write_atomic
 
 BARE = ("models", "utils")  # the top-level names a repository clone pickles its classes under
 
@@ -190,18 +190,16 @@ def _remapping(package: str, remapped: list[str]) -> types.ModuleType:
 
 
 def read_checkpoint(path: str | Path, package: str) -> tuple[Any, bool]:
-    """Unpickle a whole-model checkpoint with bare ``models.*`` classes mapped onto ``package``; also says whether the
-    file used bare names. Like ``yoloprune.io.load_trusted``, this runs code the file names: trusted files only."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
+    """Load a whole-model checkpoint through ``yoloprune.io.load_checkpoint`` with a clone's bare ``models.*`` /
+    ``utils.*`` classes mapped onto ``package``; also says whether the file used bare names."""
+    from ..io import load_checkpoint
+
     remapped: list[str] = []
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_remapping(package, remapped))
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"{path} needs the Python package that defines its model ({exc.name}); install it") from exc
+    if trusted():
+        data = load_checkpoint(path, pickle_module=_remapping(package, remapped))
+    else:
+        remapped = [n for n in checkpoint_globals(path) if n.split(".")[0] in BARE] if Path(path).is_file() else []
+        data = load_checkpoint(path, remap={bare: f"{package}.{bare}" for bare in BARE})
     return data, bool(remapped)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..graph.registry import FixupContext, Policy
 from ..images import Preprocess
-from ..io import load_trusted, save_atomic
+from ..io import load_checkpoint, save_atomic
 from . import Loaded, Target
 
 
@@ -135,10 +135,10 @@ def from_config(spec: str | dict) -> nn.Module:
 
 def load(spec: str) -> Loaded:
     """An ultralytics network from a config (random weights) or a checkpoint (the trainer's EMA, else its model,
-    converted to fp32; see ``yoloprune.io.load_trusted`` for the trust a checkpoint needs)."""
+    converted to fp32; through ``yoloprune.io.load_checkpoint``)."""
     if Path(spec).suffix in (".yaml", ".yml"):
         return Loaded(from_config(spec), "ultralytics", spec, {"train_args": {}})
-    ckpt = load_trusted(spec)
+    ckpt = load_checkpoint(spec)
     net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
     if not isinstance(net, nn.Module) or not _is_ultralytics(net):
         kind = type(net).__name__ if net is not None else type(ckpt).__name__

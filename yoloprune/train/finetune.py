@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..data.datasets import DatasetError, load_detection_set
-from ..io import load_trusted, save_atomic
+from ..io import load_checkpoint, save_atomic
 
 SETTINGS_FILE = "yoloprune_finetune.json"
 
@@ -73,6 +73,7 @@ def finetune(
     out: str | Path = "runs/finetune",
     workers: int = 2,
     resume: bool = False,
+    overwrite: bool = False,
     plots: bool = False,
     seed: int = 0,
     callbacks: dict[str, Any] | None = None,
@@ -84,7 +85,8 @@ def finetune(
     and box distributions is added to the detection loss. Training runs ultralytics' own trainer (EMA,
     augmentation, warm-up, AMP on CUDA, ``device="0,1"`` for DDP); ``overrides`` pass any of its other settings.
     Results go to ``out`` (``weights/best.pt`` and ``last.pt``, rewritten in fp32 with the pruning plan); with
-    ``resume`` an interrupted run continues from ``out/weights/last.pt``. The input model is never modified.
+    ``resume`` an interrupted run continues from ``out/weights/last.pt``; a finished or interrupted run in ``out`` is
+    only started over with ``overwrite``. The input model is never modified.
     ``sparsity`` > 0 adds BN-L1 regularisation (network slimming) for a later ``importance="bn"`` prune.
     ``callbacks`` maps ultralytics callback events (``on_fit_epoch_end``...) to functions of the trainer.
     """
@@ -95,6 +97,8 @@ def finetune(
     if epochs < 1 or batch < 1 or imgsz < 32:
         raise ValueError("epochs and batch must be >= 1 and imgsz >= 32")
     _check_data(data)
+    if not resume and not overwrite and any((out / "weights" / name).exists() for name in ("last.pt", "best.pt")):
+        raise ValueError(f"{out} holds a training run; pass --resume to continue it or --overwrite to start over")
     family = _family(model) if not resume else "ultralytics"
     if family != "ultralytics":
         return _finetune_family(
@@ -235,7 +239,7 @@ def save_atomic_json(path: Path, data: dict[str, Any]) -> None:
 
 def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
     """Rewrite a trainer checkpoint with its model in fp32 (the trainer saves fp16) and the pruning plan."""
-    ckpt = load_trusted(path)
+    ckpt = load_checkpoint(path)
     net = ckpt.get("ema") or ckpt.get("model")
     if not isinstance(net, nn.Module):
         return 0

@@ -45,9 +45,9 @@ class DistillCriterion:
 
 
 def load_teacher(path: str, device: torch.device) -> nn.Module:
-    from ..io import load_trusted
+    from ..io import load_checkpoint
 
-    ckpt = load_trusted(path)
+    ckpt = load_checkpoint(path)
     net = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(net, nn.Module):
         raise ValueError(f"{path} holds no model to distil from")
