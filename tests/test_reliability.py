@@ -62,6 +62,7 @@ def files(tmp_path_factory):
     (root / "recipe-type.yaml").write_text("model: yolov8n.yaml\nimgsz: big\n")
     (root / "afile").write_text("x")
     (root / "outdir").mkdir()
+    (root / "outdir" / "sensitivity.csv").write_text("unit,ratio\n")
     return {"root": root, "data": data, "good": good}
 
 
@@ -108,6 +109,10 @@ CASES = {
     "output not writable": (["prune", "yolov8n.yaml", "-o", "{root}/afile/o.pt"], "not a writable folder"),
     "output exists": (["prune", "yolov8n.yaml", "-o", "{root}/afile"], "exists; pass --overwrite"),
     "output is the input": (["export", "{root}/good.pt", "-o", "{root}/good.pt"], "refusing to overwrite the input"),
+    "analysis exists": (
+        ["sensitivity", "{root}/good.pt", "--data", "{data}", "-o", "{root}/outdir"],
+        "holds a sensitivity analysis; pass --overwrite",
+    ),
     "bad --targets": (
         ["sweep", "{root}/good.pt", "--data", "{data}", "-o", "{root}/s", "--targets", "0.5,2"],
         "--targets: 2 is outside (0, 1]",

@@ -115,9 +115,12 @@ def test_steps_reach_the_target_and_the_plan_replays():
 
 
 def test_latency_target_lands_under_budget():
+    from yoloprune.latency import measure
+
     model = yolo()
-    report = yoloprune.prune(model, torch.zeros(1, 3, 128, 128), target_latency_ms=3.0, latency_threads=1)
-    assert report.latency_ms is not None and report.latency_ms <= 3.0
+    budget = 0.8 * measure(model, 128, 1)  # relative, so a busy machine does not move the goal posts
+    report = yoloprune.prune(model, torch.zeros(1, 3, 128, 128), target_latency_ms=budget, latency_threads=1)
+    assert report.latency_ms is not None and report.latency_ms <= budget
     assert report.settings["latency_search_macs"] < 1.0
 
 

@@ -1,7 +1,7 @@
 """Does pruning buy latency? onnxruntime CPU latency of pruned models against the unpruned one, in one run.
 
     python tools/bench_latency.py [--models yolov8s.yaml yolo11s.yaml] [--targets 0.7 0.5 0.3] [--imgsz 640]
-                                  [--threads 1] [--runs 30] [--round-to 8 1]
+                                  [--threads 1] [--runs 50] [--round-to 8 1]
 
 For every model: the unpruned latency, then for each MACs target and round_to the pruned latency and its ratio.
 Random weights are fine for latency. Prints a markdown table; run it on an otherwise idle machine.
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--round-to", nargs="+", type=int, default=[8, 1])
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
     x = torch.zeros(1, 3, args.imgsz, args.imgsz)
     print(f"| model | MACs target | round_to | GMACs | params (M) | ORT p50 ms ({args.threads} thread) | vs unpruned |")

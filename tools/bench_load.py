@@ -34,6 +34,17 @@ def run(argv: list[str]) -> tuple[float, float]:
     return float(seconds), float(peak)
 
 
+def with_classes(cfg: str, data: str, folder: Path) -> str:
+    """A copy of ultralytics' ``cfg`` (same file name, so the same scale) predicting the dataset's classes."""
+    import yaml
+    from ultralytics.nn.tasks import yaml_model_load
+
+    spec = {k: v for k, v in yaml_model_load(cfg).items() if k not in ("yaml_file", "scale")}
+    spec["nc"] = len(yaml.safe_load(Path(data).read_text())["names"])
+    (folder / cfg).write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(folder / cfg)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="data yaml to evaluate on")
@@ -44,8 +55,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for cfg, imgsz in CASES:
             pruned = str(Path(tmp) / f"{Path(cfg).stem}-{imgsz}.pt")
+            local = with_classes(cfg, args.data, Path(tmp))
             steps = {
-                "prune 50% MACs": ["prune", cfg, "--target-macs", "0.5", "--imgsz", str(imgsz), "-o", pruned],
+                "prune 50% MACs": ["prune", local, "--target-macs", "0.5", "--imgsz", str(imgsz), "-o", pruned],
                 f"eval pruned ({args.max_images} images)": [
                     "eval",
                     pruned,

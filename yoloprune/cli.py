@@ -293,6 +293,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
     from .options import parse_fractions
     from .sensitivity import analyse, write_ratios
 
+    if (Path(args.output) / "sensitivity.csv").exists() and not args.overwrite:
+        raise ValueError(f"{args.output} holds a sensitivity analysis; pass --overwrite to replace it")
     ratios = tuple(parse_fractions(args.ratios, "--ratios"))
     if 1.0 in ratios:
         raise ValueError("--ratios are fractions in (0, 1): a unit cannot lose all its channels")
@@ -559,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=640, help="evaluation size (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--max-images", type=int, help="evaluate on the first N validation images only")
+    p.add_argument("--overwrite", action="store_true", help="replace the analysis a previous run left in -o")
     p.set_defaults(func=_sensitivity)
 
     data = sub.add_parser("data", help="datasets: `yoloprune data synth` writes the synthetic benchmark")
