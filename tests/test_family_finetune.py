@@ -73,3 +73,35 @@ def test_finetune_dispatches_other_families_to_the_loop(data, tmp_path):
     result = finetune(path, data, epochs=1, imgsz=64, batch=4, out=tmp_path / "ft", workers=0)
     assert result.best.is_file() and result.params == sum(p.numel() for p in net.parameters())
     assert yoloprune.models.load_model(str(result.best)).family == "yolov5"
+
+
+def test_an_interrupted_family_finetune_resumes_from_its_last_epoch(data, tmp_path, monkeypatch):
+    from yoloprune.adapters import Loaded
+    from yoloprune.models import load_model, save_model
+
+    net = randomize(model("yolov5"))
+    yoloprune.prune(net, X, target_macs=0.6)
+    path = save_model(Loaded(net, "yolov5", "x", {"half": False}), tmp_path / "p.pt", {})
+    clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def crash_in_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # 8 images / batch 4: two steps an epoch
+            raise KeyboardInterrupt
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(path, data, epochs=2, imgsz=64, batch=4, out=tmp_path / "ft", workers=0, lr0=0.02)
+    state = torch.load(tmp_path / "ft" / "weights" / "last.state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 2 and not (tmp_path / "ft" / "weights" / "best.pt").exists()
+    with pytest.raises(ValueError, match="holds a training run"):
+        finetune(path, data, epochs=2, imgsz=64, batch=4, out=tmp_path / "ft", workers=0)
+    calls.clear()
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or clip(*a, **k))
+    result = finetune(None, data, out=tmp_path / "ft", resume=True, workers=0)
+    assert len(calls) == 2 and result.metrics["train/steps"] == 4 and result.epochs == 2  # the second epoch only
+    state = torch.load(tmp_path / "ft" / "weights" / "last.state.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["optimizer"]["param_groups"][0]["initial_lr"] == 0.02
+    assert result.params == sum(p.numel() for p in net.parameters())
+    assert load_model(str(result.best)).family == "yolov5"

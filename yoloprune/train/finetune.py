@@ -99,7 +99,8 @@ def finetune(
     _check_data(data)
     if not resume and not overwrite and any((out / "weights" / name).exists() for name in ("last.pt", "best.pt")):
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or --overwrite to start over")
-    family = _family(model) if not resume else "ultralytics"
+    saved = _saved(out) if resume else {}
+    family = saved.get("family", "ultralytics") if resume else _family(model)
     if family != "ultralytics":
         return _finetune_family(
             model,
@@ -115,12 +116,12 @@ def finetune(
             workers=workers,
             seed=seed,
             start=start,
+            resume=resume,
         )
     last = out / "weights" / "last.pt"
     if resume:
         if not last.is_file():
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-        saved = json.loads((out / SETTINGS_FILE).read_text()) if (out / SETTINGS_FILE).is_file() else {}
         teacher_path = saved.get("teacher")
         sparsity = float(saved.get("sparsity") or 0.0)
         args = {"resume": str(last), "model": str(last)}
@@ -200,35 +201,68 @@ def _family(model: Any) -> str:
 
 
 def _finetune_family(
-    model: Any, data: str | Path, out: Path, *, teacher: Any, start: float, **settings: Any
+    model: Any, data: str | Path, out: Path, *, teacher: Any, start: float, resume: bool = False, **settings: Any
 ) -> FinetuneResult:
-    """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``); the result is
-    written in the family's format as ``out/weights/best.pt`` (the last epoch's weights)."""
+    """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``). Every epoch writes
+    ``out/weights/last.pt`` in the family's format and ``last.state.pt`` (fp32 weights, optimizer, schedule), so
+    ``resume`` continues from there; the result is ``out/weights/best.pt`` (the last epoch's weights)."""
     from ..adapters import Loaded, resolve
     from ..models import load_model, save_model
     from .loop import fit
 
+    weights = out / "weights"
+    last, state_path = weights / "last.pt", weights / "last.state.pt"
+    state = None
+    if resume:
+        if not last.is_file() or not state_path.is_file():
+            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
+        saved = _saved(out)
+        model, settings = last, {**settings, **saved["settings"]}
+        teacher = teacher if teacher is not None else saved.get("teacher")
+        state = load_checkpoint(state_path)
     loaded = load_model(str(model)) if isinstance(model, (str, Path)) else None
     if loaded is None:
         target = resolve(model)
         loaded = Loaded(target.module, target.family, "memory", {})
+    if not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = {k: v for k, v in settings.items() if k not in ("device", "workers")}
+        teacher_path = str(teacher) if isinstance(teacher, (str, Path)) else None
+        save_atomic_json(out / SETTINGS_FILE, {"family": loaded.family, "teacher": teacher_path, "settings": kept})
     reference = load_model(str(teacher), loaded.family).model if isinstance(teacher, (str, Path)) else teacher
+    section = {"finetune": {"epochs": settings["epochs"], "teacher": str(teacher) if teacher else None}}
+
+    def checkpoint(epoch: int, train_state: dict[str, Any]) -> None:
+        save_model(loaded, last, {**section, "epoch": epoch})
+        save_atomic(train_state, state_path)
+
     lr0 = settings.pop("lr0") or 0.01
-    result = fit(loaded.model, data, teacher=reference, lr=lr0, family=loaded.family, **settings)
-    best = save_model(
-        loaded,
-        out / "weights" / "best.pt",
-        {"finetune": {"epochs": settings["epochs"], "teacher": str(teacher) if teacher else None}},
+    result = fit(
+        loaded.model,
+        data,
+        teacher=reference,
+        lr=lr0,
+        family=loaded.family,
+        on_epoch_end=checkpoint,
+        resume_state=state,
+        **settings,
     )
+    best = save_model(loaded, weights / "best.pt", section)
     return FinetuneResult(
         best,
-        best,
+        last,
         result.epochs,
         time.perf_counter() - start,
         result.seconds / max(result.epochs, 1),
         sum(p.numel() for p in loaded.model.parameters()),
-        {"train/loss": result.last_loss},
+        {"train/loss": result.last_loss, "train/steps": result.steps},
     )
+
+
+def _saved(out: Path) -> dict[str, Any]:
+    """The settings a fine-tune recorded in ``out`` (empty when it recorded none)."""
+    path = out / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_atomic_json(path: Path, data: dict[str, Any]) -> None:

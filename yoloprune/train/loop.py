@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,14 @@ def fit(
     workers: int = 0,
     seed: int = 0,
     family: str | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> DistillResult:
     """Train ``student`` (in place) with its family's own loss on ``data``'s train split (left-right flips; SGD with
-    a warm-up and a cosine schedule), adding ``kd_weight`` x distillation from ``teacher`` when given."""
+    a warm-up and a cosine schedule), adding ``kd_weight`` x distillation from ``teacher`` when given.
+
+    After every epoch rank 0 calls ``on_epoch_end(epoch, state)`` with the model, optimizer and schedule state;
+    passing that ``state`` back as ``resume_state`` continues training from the epoch after it."""
     from ..adapters import _adapter, resolve
     from .batches import LabelledImages, collate
 
@@ -186,8 +192,13 @@ def fit(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * s / total))
     )
-    step, loss_value = 0, float("nan")
-    for epoch in range(epochs):
+    step, loss_value, first = 0, float("nan"), 0
+    if resume_state is not None:
+        net.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state["schedule"])
+        first, step = int(resume_state["epoch"]), int(resume_state["step"])
+    for epoch in range(first, epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
         for item in loader:
@@ -214,6 +225,9 @@ def fit(
             optimizer.step()
             schedule.step()
             step, loss_value = step + 1, float(loss.detach())
+        if on_epoch_end is not None and rank == 0:
+            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+            on_epoch_end(epoch + 1, {**state, "epoch": epoch + 1, "step": step})
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
