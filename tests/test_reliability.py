@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -225,7 +226,8 @@ def test_ultralytics_checkpoints_load_without_trust(files):
 
 # ---------------------------------------------------------------------------------------- property-based parsing
 names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
-scalars = st.one_of(st.integers(-(10**6), 10**6), st.booleans(), st.floats(-1e6, 1e6, allow_nan=False), names)
+words = names.filter(lambda t: yaml.safe_load(t) == t)  # not "false", "null", "yes"...: yaml reads those as data
+scalars = st.one_of(st.integers(-(10**6), 10**6), st.booleans(), st.floats(-1e6, 1e6, allow_nan=False), words)
 
 
 @given(st.lists(names, min_size=1, max_size=3), scalars)

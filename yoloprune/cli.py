@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust", action="store_true", help="load pickled checkpoints fully (they can run code): trusted files only"
     )
     common.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
+    common.add_argument(
+        "--repo", metavar="DIR", help="a YOLOv5/YOLOv7 clone whose models/ the checkpoint was made with"
+    )
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore[method-assign]
 
     p = sub.add_parser("demo", help="the whole job on the synthetic benchmark: train, prune, fine-tune, eval, export")
@@ -585,6 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "repo", None):
+            from .adapters._upstream import use_repo
+
+            use_repo(args.repo)
         with trusting(getattr(args, "trust", False)):
             return args.func(args)
     except USER_ERRORS as exc:

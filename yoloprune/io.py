@@ -67,7 +67,7 @@ def checkpoint_globals(path: str | Path) -> list[str]:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (torch >= 1.6 zip format): {exc}") from exc
 
 
-def _allowed(name: str, remap: Mapping[str, str]) -> Any:
+def _allowed(name: str, remap: Mapping[str, str], packages: tuple[str, ...] = ()) -> Any:
     """The object ``name`` refers to when it is on the allow-list, else None. Only modules of the allowed packages
     are imported."""
     module, _, attr = name.rpartition(".")
@@ -76,14 +76,19 @@ def _allowed(name: str, remap: Mapping[str, str]) -> Any:
         module = remap[root] + module[len(root) :]
     if name in DATA_GLOBALS or (name.startswith("numpy.dtypes.") and name.endswith("DType")):
         wanted: type | None = None
-    elif any(module == p or module.startswith(p + ".") for p in MODEL_PACKAGES):
+    elif any(module == p or module.startswith(p + ".") for p in (*MODEL_PACKAGES, *packages)):
         wanted = nn.Module
     else:
         return None
     try:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
-        return None
+        if wanted is None:
+            return None
+        raise ValueError(
+            f"the checkpoint names {name}, which the installed {module.split('.')[0]} has not got (another version, "
+            "or a clone's own module: pass --repo CLONE)"
+        ) from None
     if wanted is not None and not (inspect.isclass(obj) and issubclass(obj, wanted)):
         return None
     return obj
@@ -94,6 +99,7 @@ def load_checkpoint(
     trust: bool | None = None,
     remap: Mapping[str, str] | None = None,
     pickle_module: Any = None,
+    packages: tuple[str, ...] = (),
 ) -> Any:
     """Load a checkpoint; every checkpoint yoloprune reads comes through here.
 
@@ -102,7 +108,8 @@ def load_checkpoint(
     (``MODEL_PACKAGES``) plus plain data (``DATA_GLOBALS``); a file naming anything else raises
     ``UntrustedCheckpoint``. With ``trust=True`` (or inside ``trusting()``, the CLI's ``--trust``) it unpickles
     fully, after a one-line warning. ``remap`` maps a clone's bare top-level modules onto a package
-    (``{"models": "yolov5.models"}``); ``pickle_module`` is what a trusted load unpickles with.
+    (``{"models": "yolov5.models"}``); ``packages`` adds module roots to the allow-list (a clone's ``models``);
+    ``pickle_module`` is what a trusted load unpickles with.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,7 +122,7 @@ def load_checkpoint(
             return torch.load(path, map_location="cpu", weights_only=False, **extra)
         allowed = []
         for name in sorted(checkpoint_globals(path)):
-            obj = _allowed(name, remap or {})
+            obj = _allowed(name, remap or {}, packages)
             if obj is None:
                 raise UntrustedCheckpoint(
                     f"{path} names {name}, which is not on yoloprune's allow-list of model classes; "

@@ -16,6 +16,7 @@ import importlib
 import io
 import logging
 import pickle
+import sys
 import types
 import warnings
 import zipfile
@@ -46,6 +47,30 @@ YOLOX_PREFIXES = ("yolox.",)
 # The YOLOX network classes: Megvii's name, then pixeltable-yolox's (same attributes, so the same state_dict keys).
 YOLOX_MODELS = ("YOLOX", "YoloxModule")
 YOLOX_KEYS = ("backbone.backbone.stem.conv.conv.weight", "head.cls_preds.0.weight")
+
+
+_REPO: list[Path] = []  # the clone ``use_repo`` put on sys.path, if any
+
+
+def use_repo(path: str | Path) -> Path:
+    """Take YOLOv5/YOLOv7 classes from a clone of the upstream repository (the folder holding ``models/yolo.py``)
+    instead of the PyPI package: the clone goes first on ``sys.path`` and its bare ``models.*``/``utils.*`` names are
+    what checkpoints load and save with (the CLI's ``--repo``)."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "models" / "yolo.py").is_file():
+        raise FileNotFoundError(f"--repo {path}: no models/yolo.py there; point at a YOLOv5 or YOLOv7 clone")
+    imported = sys.modules.get("models")
+    if imported is not None and Path(getattr(imported, "__file__", "") or "").resolve().parent.parent != root:
+        raise ValueError(f"--repo {path}: another `models` package is already imported in this process")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    _REPO[:] = [root]
+    return root
+
+
+def source(package: str) -> str:
+    """The module prefix a family's classes come from: ``package.`` or, after ``use_repo``, nothing (the clone)."""
+    return "" if _REPO else f"{package}."
 
 
 class MissingPackage(ImportError, ValueError):
@@ -191,9 +216,12 @@ def _remapping(package: str, remapped: list[str]) -> types.ModuleType:
 
 def read_checkpoint(path: str | Path, package: str) -> tuple[Any, bool]:
     """Load a whole-model checkpoint through ``yoloprune.io.load_checkpoint`` with a clone's bare ``models.*`` /
-    ``utils.*`` classes mapped onto ``package``; also says whether the file used bare names."""
+    ``utils.*`` classes mapped onto ``package`` (or, after ``use_repo``, taken from the clone); also says whether
+    the file used bare names."""
     from ..io import load_checkpoint
 
+    if _REPO:
+        return load_checkpoint(path, packages=BARE), True
     remapped: list[str] = []
     if trusted():
         data = load_checkpoint(path, pickle_module=_remapping(package, remapped))
@@ -284,7 +312,7 @@ def anchor_checkpoint(
             "state_dict": net.state_dict(),
         },
     }
-    return write_checkpoint(ckpt, path, package, bool(meta.get("bare")))
+    return write_checkpoint(ckpt, path, package, bool(meta.get("bare")) and not _REPO)
 
 
 def anchor_metadata(net: nn.Module, head: nn.Module | None, imgsz: int) -> dict[str, Any]:

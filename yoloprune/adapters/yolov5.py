@@ -30,6 +30,7 @@ from ._upstream import (
     read_checkpoint,
     require,
     set_requires_grad,
+    source,
 )
 
 PACKAGE = "yolov5"
@@ -43,7 +44,7 @@ LOGGERS = ("yolov5", "yolov5.models", "yolov5.utils")
 
 
 def _yolo() -> Any:
-    return require(f"{PACKAGE}.models.yolo", "YOLOv5", INSTALL)
+    return require(f"{source(PACKAGE)}models.yolo", "YOLOv5", INSTALL)
 
 
 def _network(model: Any) -> Any:
@@ -224,7 +225,7 @@ def nms_layout(net: nn.Module) -> tuple[str, int]:
 
 def train_loss(net: nn.Module, imgsz: int) -> Any:
     """The family's own detection loss (``ComputeLoss``) on batches of letterboxed images with normalised labels."""
-    compute = require("yolov5.utils.loss", "YOLOv5", INSTALL).ComputeLoss
+    compute = require(f"{source(PACKAGE)}utils.loss", "YOLOv5", INSTALL).ComputeLoss
     return anchor_loss(_network(net), compute, imgsz)
 
 

@@ -31,6 +31,7 @@ from ._upstream import (
     read_checkpoint,
     require,
     set_requires_grad,
+    source,
 )
 
 PACKAGE = "yolov7"
@@ -63,7 +64,7 @@ POLICIES: dict[Any, Policy] = {
 
 
 def _yolo() -> Any:
-    return require(f"{PACKAGE}.models.yolo", "YOLOv7", INSTALL)
+    return require(f"{source(PACKAGE)}models.yolo", "YOLOv7", INSTALL)
 
 
 def _network(model: Any) -> nn.Module:
@@ -224,7 +225,7 @@ def nms_layout(net: nn.Module) -> tuple[str, int]:
 
 def train_loss(net: nn.Module, imgsz: int) -> Any:
     """The family's own detection loss (``ComputeLoss``) on batches of letterboxed images with normalised labels."""
-    compute = require("yolov7.utils.loss", "YOLOv7", INSTALL).ComputeLoss
+    compute = require(f"{source(PACKAGE)}utils.loss", "YOLOv7", INSTALL).ComputeLoss
     return anchor_loss(_network(net), compute, imgsz)
 
 
