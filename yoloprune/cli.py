@@ -193,6 +193,7 @@ def _finetune(args: argparse.Namespace) -> int:
         teacher=args.teacher,
         kd_weight=args.kd_weight,
         sparsity=args.sparsity,
+        sparsity_kind=args.sparsity_kind,
         imgsz=args.imgsz,
         batch=args.batch,
         device=args.device,
@@ -488,7 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="epochs (10)")
     p.add_argument("--teacher", help="unpruned checkpoint to distil from")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation loss weight (1.0)")
-    p.add_argument("--sparsity", type=float, default=0.0, help="BN-L1 strength for sparsity training (0)")
+    p.add_argument("--sparsity", type=float, default=0.0, help="sparsity training strength (0: off)")
+    p.add_argument(
+        "--sparsity-kind",
+        default="bn",
+        choices=("bn", "group"),
+        help="bn: BN-L1 (network slimming); group: group lasso",
+    )
     p.add_argument("--imgsz", type=int, default=640, help="training size (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")

@@ -66,6 +66,7 @@ def finetune(
     teacher: Any = None,
     kd_weight: float = 1.0,
     sparsity: float = 0.0,
+    sparsity_kind: str = "bn",
     imgsz: int = 640,
     batch: int = 16,
     device: str = "cpu",
@@ -87,15 +88,24 @@ def finetune(
     Results go to ``out`` (``weights/best.pt`` and ``last.pt``, rewritten in fp32 with the pruning plan); with
     ``resume`` an interrupted run continues from ``out/weights/last.pt``; a finished or interrupted run in ``out`` is
     only started over with ``overwrite``. The input model is never modified.
-    ``sparsity`` > 0 adds BN-L1 regularisation (network slimming) for a later ``importance="bn"`` prune.
+    ``sparsity`` > 0 adds BN-L1 regularisation (network slimming, ``sparsity_kind="bn"``) for a later
+    ``importance="bn"`` prune, or group lasso over the coupled channels (``sparsity_kind="group"``).
     ``callbacks`` maps ultralytics callback events (``on_fit_epoch_end``...) to functions of the trainer.
     """
-    from .ultralytics_trainer import SPARSITY_ENV, TEACHER_ENV, WEIGHT_ENV, PrunedDetectionTrainer
+    from .ultralytics_trainer import (
+        SPARSITY_ENV,
+        SPARSITY_KIND_ENV,
+        TEACHER_ENV,
+        WEIGHT_ENV,
+        PrunedDetectionTrainer,
+    )
 
     start = time.perf_counter()
     out = Path(out)
     if epochs < 1 or batch < 1 or imgsz < 32:
         raise ValueError("epochs and batch must be >= 1 and imgsz >= 32")
+    if sparsity_kind not in ("bn", "group"):
+        raise ValueError(f"unknown sparsity kind {sparsity_kind!r}; choose bn or group")
     _check_data(data)
     if not resume and not overwrite and any((out / "weights" / name).exists() for name in ("last.pt", "best.pt")):
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or --overwrite to start over")
@@ -124,6 +134,7 @@ def finetune(
             raise FileNotFoundError(f"nothing to resume: {last} does not exist")
         teacher_path = saved.get("teacher")
         sparsity = float(saved.get("sparsity") or 0.0)
+        sparsity_kind = str(saved.get("sparsity_kind") or "bn")
         args = {"resume": str(last), "model": str(last)}
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -146,11 +157,17 @@ def finetune(
         }
         if lr0 is not None:
             args["lr0"] = lr0
-        settings = {"teacher": teacher_path, "kd_weight": kd_weight, "sparsity": sparsity, "args": args}
+        settings = {
+            "teacher": teacher_path,
+            "kd_weight": kd_weight,
+            "sparsity": sparsity,
+            "sparsity_kind": sparsity_kind,
+            "args": args,
+        }
         save_atomic_json(out / SETTINGS_FILE, settings)
-    previous = {k: os.environ.get(k) for k in (TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV)}
+    previous = {k: os.environ.get(k) for k in (TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV, SPARSITY_KIND_ENV)}
     try:
-        os.environ[SPARSITY_ENV] = str(sparsity)
+        os.environ[SPARSITY_ENV], os.environ[SPARSITY_KIND_ENV] = str(sparsity), sparsity_kind
         if teacher_path:
             os.environ[TEACHER_ENV], os.environ[WEIGHT_ENV] = teacher_path, str(kd_weight)
         else:

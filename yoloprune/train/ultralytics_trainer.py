@@ -22,6 +22,7 @@ from ..data.datasets import DatasetError
 from .kd import head_kd
 
 TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV = "YOLOPRUNE_TEACHER", "YOLOPRUNE_KD_WEIGHT", "YOLOPRUNE_SPARSITY"
+SPARSITY_KIND_ENV = "YOLOPRUNE_SPARSITY_KIND"  # "bn" (network slimming) or "group" (group lasso)
 
 
 class DistillCriterion:
@@ -77,15 +78,47 @@ class PrunedDetectionTrainer(DetectionTrainer):
         return weights
 
     def optimizer_step(self) -> None:
-        """With ``YOLOPRUNE_SPARSITY`` = lambda, add the subgradient of lambda * |gamma| of every batch norm scale
-        (network slimming), so a later ``--importance bn`` prune finds channels already near zero."""
+        """With ``YOLOPRUNE_SPARSITY`` = lambda, add the subgradient of a sparsity penalty before the step: lambda *
+        |gamma| of every batch norm scale (network slimming, a later ``--importance bn`` prune), or with
+        ``YOLOPRUNE_SPARSITY_KIND=group`` lambda * sum_c ||W_c|| over the prunable coupled channels (group lasso)."""
         strength = float(os.environ.get(SPARSITY_ENV) or 0.0)
         if strength:
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-            for m in unwrap_model(self.model).modules():
-                if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None and m.weight.grad is not None:
-                    m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength * scale)
+            net = unwrap_model(self.model)
+            if os.environ.get(SPARSITY_KIND_ENV) == "group":
+                if getattr(self, "_lasso", None) is None:
+                    self._lasso = group_lasso(net, int(self.args.imgsz))
+                self._lasso.add_gradient(net, strength * scale)
+            else:
+                for m in net.modules():
+                    if (
+                        isinstance(m, nn.modules.batchnorm._NormBase)
+                        and m.weight is not None
+                        and m.weight.grad is not None
+                    ):
+                        m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength * scale)
         super().optimizer_step()
+
+
+def group_lasso(net: nn.Module, imgsz: int) -> Any:
+    """A ``GroupLasso`` over ``net``'s prunable channels (first layer and head protected, as ``prune`` does)."""
+    from ..adapters import resolve
+    from ..graph import build
+    from ..prune import first_layer
+    from ..sparsity import GroupLasso
+
+    training = net.training
+    try:
+        target = resolve(net.eval())
+        first = first_layer(target.module)
+        x = torch.zeros(1, 3, imgsz, imgsz, device=next(net.parameters()).device)
+        ignore = (*target.ignore, *([first] if first else []))
+        graph = build(target.module, x, outputs=target.outputs, ignore=ignore, policies=target.policies)
+    finally:
+        net.train(training)
+    if target.module is not net:
+        raise ValueError("group lasso needs the trained network itself to be the pruned module")
+    return GroupLasso(graph)
 
 
 def _attach_teacher(trainer: PrunedDetectionTrainer) -> None:
