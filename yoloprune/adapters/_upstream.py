@@ -20,7 +20,7 @@ import sys
 import types
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,46 @@ def anchor_checkpoint(
         },
     }
     return write_checkpoint(ckpt, path, package, bool(meta.get("bare")) and not _REPO)
+
+
+def read_anchor_checkpoint(
+    spec: str, package: str, label: str, matches: Callable[[nn.Module], bool]
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """A YOLOv5/YOLOv7 checkpoint's network (the EMA, else the model) in fp32 and trainable, the ``meta`` that
+    ``anchor_checkpoint`` writes it back with (precision, class naming, earlier pruning), and the raw checkpoint."""
+    ckpt, bare = read_checkpoint(spec, package)
+    net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(net, nn.Module) or not matches(net):
+        kind = type(net).__name__ if net is not None else type(ckpt).__name__
+        raise ValueError(f"{spec} is not a {label} detection checkpoint (its model is a {kind}); pass --family")
+    half = any(p.dtype == torch.float16 for p in net.parameters())
+    for m in net.modules():  # checkpoints written by torch < 1.11
+        if isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
+            m.recompute_scale_factor = None
+    meta: dict[str, Any] = {"half": half, "bare": bare}
+    section = ckpt.get("yoloprune")
+    if isinstance(section, dict):
+        meta["pruning"] = {k: section[k] for k in ("version", "settings", "report") if k in section}
+    return set_requires_grad(net.float(), True), meta, ckpt
+
+
+def anchor_rebuild(section: dict[str, Any], from_config: Callable, target: Callable, reset: Callable) -> nn.Module:
+    """A pruned YOLOv5/YOLOv7 network from yoloprune's checkpoint section: the original config, the plan replayed
+    onto it, the saved state_dict loaded strictly (fp16 weights come back as fp32). No pickled module is used."""
+    from ..plan import rebuild as replay_section
+
+    net, _ = replay_section(section, from_config, target)
+    if section.get("names"):
+        net.names = [section["names"][i] for i in sorted(section["names"])]
+    reset(net)
+    return net.eval()
+
+
+def anchor_nms_layout(net: nn.Module, head: nn.Module | None) -> tuple[str, int]:
+    """Export-mode predictions of YOLOv5/YOLOv7 heads are (B, N, 5 + nc [+ masks]): xywh, objectness, classes."""
+    if head is None or not hasattr(head, "nc"):
+        raise ValueError(f"{type(net).__name__} has no detection head to add NMS to")
+    return "xywh-obj-class", int(head.nc)
 
 
 def anchor_metadata(net: nn.Module, head: nn.Module | None, imgsz: int) -> dict[str, Any]:

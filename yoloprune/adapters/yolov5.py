@@ -23,13 +23,14 @@ from ._upstream import (
     anchor_checkpoint,
     anchor_loss,
     anchor_metadata,
+    anchor_nms_layout,
+    anchor_rebuild,
     class_names,
     family_of,
     quiet,
     raw_maps,
-    read_checkpoint,
+    read_anchor_checkpoint,
     require,
-    set_requires_grad,
     source,
 )
 
@@ -94,10 +95,7 @@ def reset_grids(net: nn.Module) -> None:
 
 
 def _compat(net: nn.Module) -> nn.Module:
-    """Attributes that checkpoints written by older torch or YOLOv5 versions lack."""
-    for m in net.modules():
-        if isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
-            m.recompute_scale_factor = None
+    """Attributes that checkpoints written by older YOLOv5 versions lack (torch's: see ``read_anchor_checkpoint``)."""
     if not hasattr(net, "stride"):
         net.stride = torch.tensor([32.0])
     reset_grids(net)
@@ -162,18 +160,9 @@ def load(spec: str) -> Loaded:
     if Path(spec).suffix in (".yaml", ".yml"):
         return Loaded(from_config(spec), "yolov5", spec, {"half": True, "bare": False})
     _yolo()
-    ckpt, bare = read_checkpoint(spec, PACKAGE)
-    net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
-    if not isinstance(net, nn.Module) or not matches(net):
-        kind = type(net).__name__ if net is not None else type(ckpt).__name__
-        raise ValueError(f"{spec} is not a YOLOv5 detection checkpoint (its model is a {kind}); pass --family")
-    half = any(p.dtype == torch.float16 for p in net.parameters())
-    net = set_requires_grad(_compat(net).float(), True)
-    meta: dict[str, Any] = {"half": half, "bare": bare, "opt": ckpt.get("opt")}
-    section = ckpt.get(PLAN_KEY)
-    if isinstance(section, dict):
-        meta["pruning"] = {k: section[k] for k in ("version", "settings", "report") if k in section}
-    return Loaded(net, "yolov5", str(spec), meta)
+    net, meta, ckpt = read_anchor_checkpoint(spec, PACKAGE, "YOLOv5", matches)
+    meta["opt"] = ckpt.get("opt")
+    return Loaded(_compat(net), "yolov5", str(spec), meta)
 
 
 def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
@@ -185,15 +174,8 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
 
 
 def rebuild(section: dict[str, Any]) -> nn.Module:
-    """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it, the
-    saved state_dict loaded strictly (fp16 weights come back as fp32). No pickled module is used."""
-    from ..plan import rebuild as replay_section
-
-    net, _ = replay_section(section, from_config, target)
-    if section.get("names"):
-        net.names = [section["names"][i] for i in sorted(section["names"])]
-    reset_grids(net)
-    return net.eval()
+    """The pruned network from yoloprune's checkpoint section (see ``anchor_rebuild``)."""
+    return anchor_rebuild(section, from_config, target, reset_grids)
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -216,11 +198,8 @@ def export_metadata(net: nn.Module, imgsz: int) -> dict[str, Any]:
 
 
 def nms_layout(net: nn.Module) -> tuple[str, int]:
-    """Export-mode predictions are (B, N, 5 + nc [+ masks]): xywh, objectness, class scores."""
-    head = _head(_network(net))
-    if head is None or not hasattr(head, "nc"):
-        raise ValueError(f"{type(net).__name__} has no detection head to add NMS to")
-    return "xywh-obj-class", int(head.nc)
+    """Export-mode predictions: see ``anchor_nms_layout``."""
+    return anchor_nms_layout(net, _head(_network(net)))
 
 
 def train_loss(net: nn.Module, imgsz: int) -> Any:
