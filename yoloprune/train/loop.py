@@ -50,6 +50,25 @@ class DistillResult:
     path: Path | None
 
 
+def _loader(
+    data: Dataset, batch: int, workers: int, seed: int, collate: Callable | None = None
+) -> tuple[DataLoader, DistributedSampler | None]:
+    """A shuffling loader over ``data``, sharded across ranks (with its sampler, whose epoch must be set) under
+    torch.distributed."""
+    rank, world = _world()
+    sampler = DistributedSampler(data, world, rank, shuffle=True, seed=seed) if world > 1 else None
+    loader = DataLoader(
+        data,
+        batch_size=batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=len(data) >= batch * world,
+    )
+    return loader, sampler
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -77,7 +96,7 @@ def distill(
     check_imgsz(imgsz)
     start = time.perf_counter()
     torch.manual_seed(seed)
-    rank, world = _world()
+    world = _world()[1]
     s_target, t_target = resolve(student, family, prune_head=True), resolve(teacher, family, prune_head=True)
     adapter = _adapter(s_target.family)
     layout, nc = adapter.nms_layout(s_target.module)
@@ -90,15 +109,7 @@ def distill(
     net.eval()  # norm statistics stay as they are; weights learn
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     data = ImageFolder(images, imgsz, getattr(adapter, "PREPROCESS", Preprocess()))
-    sampler = DistributedSampler(data, world, rank, shuffle=True, seed=seed) if world > 1 else None
-    loader = DataLoader(
-        data,
-        batch_size=batch,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        drop_last=len(data) >= batch * world,
-    )
+    loader, sampler = _loader(data, batch, workers, seed)
     total = max(1, epochs * len(loader)) if max_steps is None else max_steps
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
@@ -164,16 +175,7 @@ def fit(
     net = target.module.to(device)
     loss_fn = adapter.train_loss(net, imgsz)
     data_set = LabelledImages(data, "train", imgsz, getattr(adapter, "PREPROCESS", Preprocess()), flip=True)
-    sampler = DistributedSampler(data_set, world, rank, shuffle=True, seed=seed) if world > 1 else None
-    loader = DataLoader(
-        data_set,
-        batch_size=batch,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        drop_last=len(data_set) >= batch * world,
-    )
+    loader, sampler = _loader(data_set, batch, workers, seed, collate)
     ref = None
     if teacher is not None:
         t_target = resolve(teacher, family, prune_head=True)
