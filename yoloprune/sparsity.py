@@ -49,8 +49,9 @@ class GroupLasso:
             rows = t.movedim(place.dim, 0).reshape(t.shape[place.dim], -1).pow(2).sum(1)
             if total is None:
                 total = torch.zeros(self.channels, device=t.device)
-            keep = place.comps.to(t.device) >= 0
-            total.index_add_(0, place.comps.to(t.device)[keep], rows[keep])
+            place.comps = place.comps.to(t.device)  # once: the index stays on the parameters' device
+            keep = place.comps >= 0
+            total.index_add_(0, place.comps[keep], rows[keep])
         return (total if total is not None else torch.zeros(0)).sqrt()
 
     def add_gradient(self, model: nn.Module, strength: float) -> None:
@@ -61,7 +62,7 @@ class GroupLasso:
             p = params[place.name]
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            comps = place.comps.to(p.device)
+            comps = place.comps
             scale = torch.where(comps >= 0, strength / norms[comps.clamp_min(0)], torch.zeros((), device=p.device))
             shape = [1] * p.dim()
             shape[place.dim] = -1
