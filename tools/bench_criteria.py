@@ -72,7 +72,7 @@ def main() -> int:
                 round_to=8,
                 taylor_loss=taylor if criterion == "taylor" else None,
             )
-            pruned = save_model(loaded, out / f"{name}.pt", {"plan": report.plan, "imgsz": args.imgsz})
+            pruned = save_model(loaded, out / f"{name}.pt", {"plan": report.plan, "imgsz": args.imgsz}, overwrite=True)
             before = evaluate(loaded.model, args.data, imgsz=args.imgsz, batch=args.batch)
             tuned = finetune(
                 pruned,

@@ -1,15 +1,15 @@
-"""Reading and writing checkpoints: an allow-listed loader (full unpickling only when trusted), a reader that
-instantiates no upstream class, atomic writes."""
+"""Reading and writing checkpoints: the one restricted loader (full unpickling only when trusted), a reader that
+creates no upstream object, atomic writes."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import functools
 import io
 import logging
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,24 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-MODEL_PACKAGES = ("torch.nn", "ultralytics", "yolov5", "yolov7", "yolox")
-"""Packages whose ``nn.Module`` classes a checkpoint may name without ``trust``."""
-
-DATA_GLOBALS = {
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.ndarray",
-    "numpy.dtype",
-    "types.SimpleNamespace",
-    "argparse.Namespace",
-    "pathlib.PosixPath",
-    "pathlib.WindowsPath",
-}
-"""Plain-data classes and numpy's array/scalar rebuilders, which training scripts leave in checkpoints."""
 
 _TRUST: ContextVar[bool] = ContextVar("yoloprune_trust", default=False)
 log = logging.getLogger("yoloprune")
@@ -67,31 +49,9 @@ def checkpoint_globals(path: str | Path) -> list[str]:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (torch >= 1.6 zip format): {exc}") from exc
 
 
-def _allowed(name: str, remap: Mapping[str, str], packages: tuple[str, ...] = ()) -> Any:
-    """The object ``name`` refers to when it is on the allow-list, else None. Only modules of the allowed packages
-    are imported."""
-    module, _, attr = name.rpartition(".")
-    root = module.split(".")[0]
-    if root in remap:
-        module = remap[root] + module[len(root) :]
-    if name in DATA_GLOBALS or (name.startswith("numpy.dtypes.") and name.endswith("DType")):
-        wanted: type | None = None
-    elif any(module == p or module.startswith(p + ".") for p in (*MODEL_PACKAGES, *packages)):
-        wanted = nn.Module
-    else:
-        return None
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        if wanted is None:
-            return None
-        raise ValueError(
-            f"the checkpoint names {name}, which the installed {module.split('.')[0]} has not got (another version, "
-            "or a clone's own module: pass --repo CLONE)"
-        ) from None
-    if wanted is not None and not (inspect.isclass(obj) and issubclass(obj, wanted)):
-        return None
-    return obj
+def _unreadable(path: Path, exc: BaseException) -> ValueError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ValueError(f"{path} is not a readable PyTorch checkpoint: {detail}")
 
 
 def load_checkpoint(
@@ -103,14 +63,17 @@ def load_checkpoint(
 ) -> Any:
     """Load a checkpoint; every checkpoint yoloprune reads comes through here.
 
-    Checkpoints of YOLO families are pickles of whole models, and unpickling runs code the file names. By default
-    this loads with ``weights_only=True`` and allows only ``nn.Module`` classes of torch.nn and the YOLO packages
-    (``MODEL_PACKAGES``) plus plain data (``DATA_GLOBALS``); a file naming anything else raises
+    Checkpoints of YOLO families are pickles of whole models, and unpickling runs what the file names. By default
+    this reads them with ``yoloprune.unpickle``: tensors, plain data, and the model-layer classes of torch.nn and
+    the YOLO packages' model modules, each created empty and filled with its attributes (no constructor, no
+    function the file chooses, no import the allow-list does not hold). A file naming anything else raises
     ``UntrustedCheckpoint``. With ``trust=True`` (or inside ``trusting()``, the CLI's ``--trust``) it unpickles
     fully, after a one-line warning. ``remap`` maps a clone's bare top-level modules onto a package
-    (``{"models": "yolov5.models"}``); ``packages`` adds module roots to the allow-list (a clone's ``models``);
-    ``pickle_module`` is what a trusted load unpickles with.
+    (``{"models": "yolov5.models"}``); ``packages`` adds module roots whose model modules may be named (a clone's
+    ``models``, given with ``--repo``); ``pickle_module`` is what a trusted load unpickles with.
     """
+    from .unpickle import ForbiddenGlobal, Policy, torch_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
@@ -120,84 +83,47 @@ def load_checkpoint(
             log.warning("yoloprune: loading %s with full unpickling (--trust): it can run any code it names", path)
             extra = {"pickle_module": pickle_module} if pickle_module is not None else {}
             return torch.load(path, map_location="cpu", weights_only=False, **extra)
-        allowed = []
-        for name in sorted(checkpoint_globals(path)):
-            obj = _allowed(name, remap or {}, packages)
-            if obj is None:
-                raise UntrustedCheckpoint(
-                    f"{path} names {name}, which is not on yoloprune's allow-list of model classes; "
-                    "if you trust the file, load it with --trust (trust=True)"
-                )
-            allowed.append((obj, name))
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {str(exc).splitlines()[0]}") from exc
+        return torch_load(path, Policy(remap, extra_roots=packages))
+    except ForbiddenGlobal as exc:
+        hint = "; if you trust the file, load it with --trust (trust=True)" if exc.trust_helps else ""
+        raise UntrustedCheckpoint(f"{path} names {exc}{hint}") from None
     except ModuleNotFoundError as exc:
         raise ValueError(f"{path} needs the Python package that defines its model ({exc.name}); install it") from exc
-
-
-class _Opaque:
-    """Stands in for any class a checkpoint names that is not a tensor or a plain container."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _Opaque:
-        return _Opaque()
-
-
-_PLAIN = {
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _DataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (
-            (module, name) in _PLAIN
-            or module in ("torch._utils", "torch.storage")
-            or (module == "torch" and (name.endswith("Storage") or name in ("Size", "device") or "dtype" in name))
-        ):
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return super().find_class(module, name)
-        return _Opaque
-
-
-class _DataPickle:
-    """A ``pickle_module`` for ``torch.load`` that rebuilds tensors and plain data and nothing else."""
-
-    Unpickler = _DataUnpickler
-    load = staticmethod(lambda f, **kw: _DataUnpickler(f, **kw).load())
-    __name__ = "yoloprune.io._DataPickle"
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise _unreadable(path, exc) from exc
+    except (AttributeError, TypeError, IndexError, KeyError) as exc:  # a malformed pickle stream
+        raise _unreadable(path, exc) from exc
 
 
 def load_data(path: str | Path) -> dict[str, Any]:
-    """Load only the tensors and plain data of a checkpoint: every other object becomes an opaque stand-in, so no
-    class named in the file is instantiated and no upstream package is needed."""
+    """Load only the tensors and plain data of a checkpoint: every other object becomes an inert
+    ``yoloprune.unpickle.Opaque``, so no class named in the file is created or imported and no upstream package is
+    needed."""
+    from .unpickle import ForbiddenGlobal, torch_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_DataPickle)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+        data = torch_load(path, opaque=True)
+    except ForbiddenGlobal as exc:
+        raise UntrustedCheckpoint(f"{path} names {exc}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise _unreadable(path, exc) from exc
+    except (AttributeError, TypeError, IndexError, KeyError) as exc:
+        raise _unreadable(path, exc) from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")
     return data
 
 
-def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write a file through a temporary file in the same folder, renamed over ``path`` only once complete."""
+def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None], overwrite: bool = False) -> Path:
+    """Write a file through a temporary file in the same folder, moved to ``path`` only once complete. An existing
+    ``path`` is replaced only with ``overwrite``; without it the move is exclusive, so a file that appeared at
+    ``path`` meanwhile (another command's) is kept and this one fails."""
     path = Path(path)
+    if not overwrite and path.exists():
+        raise ValueError(f"{path} exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -206,16 +132,36 @@ def write_atomic(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
+def _publish_new(tmp: str, path: Path) -> None:
+    """Move the finished ``tmp`` to ``path`` unless ``path`` exists, in one exclusive step (a hard link, which
+    fails on an existing name, then the temporary name removed)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ValueError(f"{path} exists; pass --overwrite to replace it") from None
+    except OSError:  # no hard links on this file system: reserve the name exclusively, then fill it
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise ValueError(f"{path} exists; pass --overwrite to replace it") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def save_atomic(obj: Any, path: str | Path, overwrite: bool = False) -> Path:
     """``torch.save`` through ``write_atomic``."""
-    return write_atomic(path, lambda f: torch.save(obj, f))
+    return write_atomic(path, lambda f: torch.save(obj, f), overwrite)
 
 
 def check_output(out: str | Path, inputs: list[str | Path], overwrite: bool = False) -> Path:
@@ -229,6 +175,80 @@ def check_output(out: str | Path, inputs: list[str | Path], overwrite: bool = Fa
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
     parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+    if parent is not None and (not parent.is_dir() or not _can_create_in(parent)):
         raise ValueError(f"cannot write {out}: {parent} is not a writable folder")
     return out
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``, found by creating (and removing) one the way ``write_atomic``
+    does: permission bits do not tell for root, read-only or special file systems, ACLs or network mounts."""
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".yoloprune-probe.", dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+LOCK_NAME = ".yoloprune.lock"
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder`` for one command: another yoloprune command writing into it meanwhile fails at once.
+
+    The lock is an advisory ``flock`` on ``folder/.yoloprune.lock``, which the system releases however the process
+    ends (a file left by a killed command blocks nothing); the file is removed on exit, and so are the folders this
+    created when they are left empty (a command that failed on its input leaves nothing behind)."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write into {folder}: {exc.strerror}") from None
+    path = folder / LOCK_NAME
+    release = _hold(path)
+    if release is None:
+        raise ValueError(f"{folder} is in use by another yoloprune command ({path}); wait for it or choose another -o")
+    try:
+        yield folder
+    finally:
+        release()
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def _hold(path: Path) -> Callable[[], None] | None:
+    """Lock ``path`` exclusively; the function that removes it and releases the lock, or None while another
+    process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the file's existence is the lock
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return None
+        return lambda: path.unlink(missing_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:  # a file system without locks: go on unlocked
+            pass
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return functools.partial(_unlock, path, fd)
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed the file as it finished: lock the one there now
+
+
+def _unlock(path: Path, fd: int) -> None:
+    path.unlink(missing_ok=True)  # while still locked, so nobody takes a lock on a file about to go
+    os.close(fd)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .adapters import Loaded, _adapter
+from .adapters import Loaded, _adapter, section_family
 from .images import check_imgsz
 from .io import load_data
 
@@ -35,9 +35,10 @@ def load_model(spec: str, family: str | None = None) -> Loaded:
     return _adapter("ultralytics").load(spec)
 
 
-def save_model(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
-    """Write ``loaded.model`` in its family's own checkpoint format, with yoloprune's ``section``."""
-    return _adapter(loaded.family).save(loaded, path, section)
+def save_model(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write ``loaded.model`` in its family's own checkpoint format, with yoloprune's ``section``; an existing
+    ``path`` is replaced only with ``overwrite``."""
+    return _adapter(loaded.family).save(loaded, path, section, overwrite)
 
 
 def load(path: str | Path) -> torch.nn.Module:
@@ -47,7 +48,7 @@ def load(path: str | Path) -> torch.nn.Module:
     section = data.get("yoloprune")
     if not isinstance(section, dict) or "plan" not in section:
         raise ValueError(f"{path} was not written by yoloprune (no pruning plan in it)")
-    return _adapter(section["family"]).rebuild(section)
+    return _adapter(section_family(section, path)).rebuild(section)
 
 
 def example_input(imgsz: int, batch: int = 1) -> torch.Tensor:

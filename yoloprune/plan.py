@@ -16,6 +16,7 @@ from torch import nn
 from .adapters import Target
 from .graph import build
 from .graph.surgery import PruneError, Removal, remove_channels
+from .images import check_imgsz
 
 FORMAT = 1
 
@@ -73,7 +74,7 @@ def rebuild(
     import torch
 
     net = build(section["config"])
-    imgsz = int(section.get("imgsz", 640))
+    imgsz = check_imgsz(section.get("imgsz", 640))  # a crafted size must not allocate before it is refused
     target = target_of(net, prune_head=True)
     replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], target)
     net.load_state_dict(section["state_dict"], strict=True)

@@ -45,12 +45,30 @@ class Loaded:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def section_family(section: Mapping[str, Any], path: Any) -> str:
+    """The family yoloprune's section of the checkpoint ``path`` names; a clear error when it is none yoloprune has
+    (the name picks the module that reads the file, so nothing else may pass)."""
+    family = section.get("family")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"{path}: its yoloprune section names family {family!r:.40}, not one of {', '.join(FAMILIES)}")
+    return family
+
+
 def _adapter(name: str) -> Any:
     return importlib.import_module(f"{__name__}.{name}")
 
 
+def unwrap(model: Any) -> Any:
+    """The network inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (any other object as it is)."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
 def resolve(model: Any, family: str | None = None, prune_head: bool = False) -> Target:
-    """The ``Target`` for ``model``: its family's adapter when one recognises it, a plain module otherwise."""
+    """The ``Target`` for ``model`` (unwrapped from DataParallel/DDP): its family's adapter when one recognises it, a
+    plain module otherwise."""
+    model = unwrap(model)
     if family is not None:
         if family == "generic":
             return Target("generic", model)

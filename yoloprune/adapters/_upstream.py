@@ -19,7 +19,6 @@ import pickle
 import sys
 import types
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io import _PLAIN, _Opaque, checkpoint_globals, trusted, write_atomic
+from ..io import checkpoint_globals, trusted, write_atomic
 
 BARE = ("models", "utils")  # the top-level names a repository clone pickles its classes under
 
@@ -127,33 +126,16 @@ def family_of(classes: Iterable[tuple[str, str]]) -> str | None:
     return None
 
 
-class _Recorder(pickle.Unpickler):
-    """Reads a checkpoint's pickle without building anything or reading a tensor: every class becomes an opaque
-    stand-in, and the (module, name) of each class the file names is recorded."""
-
-    seen: list[tuple[str, str]]
-
-    def find_class(self, module: str, name: str) -> Any:
-        self.seen.append((module, name))
-        if (module, name) in _PLAIN:
-            return super().find_class(module, name)
-        return _Opaque
-
-    def persistent_load(self, pid: Any) -> Any:
-        return None
-
-
 def peek(path: str | Path) -> tuple[Any, list[tuple[str, str]]]:
-    """The plain data of a checkpoint (tensors left out) and the classes it names; (None, []) if it is unreadable."""
-    seen: list[tuple[str, str]] = []
-    recorder = type("Recorder", (_Recorder,), {"seen": seen})
+    """The plain data of a checkpoint (tensors left out) and the classes it names, read with
+    ``yoloprune.unpickle`` in names-only mode (nothing imported or created); (None, []) if it is unreadable."""
+    from ..unpickle import names_in
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
-            data = recorder(io.BytesIO(archive.read(name))).load()
+        data, names = names_in(path)
     except Exception:  # not a zip checkpoint, or not a checkpoint at all: the family's own loader explains
         return None, []
-    return data, seen
+    return data, [tuple(n.rsplit(".", 1)) for n in names if "." in n]  # type: ignore[misc]
 
 
 def guess_family(spec: str) -> str | None:
@@ -168,8 +150,10 @@ def guess_family(spec: str) -> str | None:
         return "yolox" if named(spec) else None
     data, classes = peek(path)
     section = data.get("yoloprune") if isinstance(data, dict) else None
-    if isinstance(section, dict) and isinstance(section.get("family"), str):
-        return section["family"]
+    if isinstance(section, dict) and "family" in section:
+        from . import section_family
+
+        return section_family(section, path)
     if any(m.startswith("ultralytics.") for m, _ in classes):
         return "ultralytics"
     found = family_of(classes)
@@ -256,11 +240,12 @@ def _renaming(package: str) -> types.ModuleType:
     return mod
 
 
-def write_checkpoint(obj: Any, path: str | Path, package: str, bare: bool) -> Path:
-    """``torch.save`` through an atomic write; with ``bare``, the package's classes are named as in a clone."""
+def write_checkpoint(obj: Any, path: str | Path, package: str, bare: bool, overwrite: bool = False) -> Path:
+    """``torch.save`` through an atomic write (replacing ``path`` only with ``overwrite``); with ``bare``, the
+    package's classes are named as in a clone."""
     if not bare:
-        return write_atomic(path, lambda f: torch.save(obj, f))
-    return write_atomic(path, lambda f: torch.save(obj, f, pickle_module=_renaming(package)))
+        return write_atomic(path, lambda f: torch.save(obj, f), overwrite)
+    return write_atomic(path, lambda f: torch.save(obj, f, pickle_module=_renaming(package)), overwrite)
 
 
 def set_requires_grad(net: nn.Module, flag: bool) -> nn.Module:
@@ -286,6 +271,7 @@ def anchor_checkpoint(
     family: str,
     package: str,
     extra: dict[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     """Write a YOLOv5/YOLOv7 network (a copy with its grids reset) the way their ``strip_optimizer`` does: fp16
     unless the source was fp32, frozen parameters, classes named as in the source file; plus yoloprune's section
@@ -312,7 +298,7 @@ def anchor_checkpoint(
             "state_dict": net.state_dict(),
         },
     }
-    return write_checkpoint(ckpt, path, package, bool(meta.get("bare")) and not _REPO)
+    return write_checkpoint(ckpt, path, package, bool(meta.get("bare")) and not _REPO, overwrite)
 
 
 def read_anchor_checkpoint(

@@ -18,6 +18,7 @@ from ..graph.registry import FixupContext, Policy
 from ..images import Preprocess
 from ..io import load_checkpoint, save_atomic
 from . import Loaded, Target
+from .config_check import check_ultralytics
 
 
 def _half_of_cv1(module: nn.Module, context: FixupContext) -> None:
@@ -125,6 +126,7 @@ def from_config(spec: str | dict) -> nn.Module:
             raise FileNotFoundError(f"no such model config: {spec}") from exc
     cfg.pop(PLAN_KEY, None)
     name = str(cfg.get("yaml_file", spec if isinstance(spec, str) else ""))
+    check_ultralytics(cfg, name or "this config")
     if any(word in name.lower() for word in ("world", "yoloe", "rtdetr")):
         raise ValueError(f"{Path(name).name}: open-vocabulary and RT-DETR models are not supported yet")
     task = tasks.guess_model_task(cfg)
@@ -145,14 +147,25 @@ def load(spec: str) -> Loaded:
         raise ValueError(f"{spec} is not an ultralytics checkpoint (its model is a {kind}); pass --family")
     _check_supported(net)
     net = net.float()
-    meta = {"train_args": dict(ckpt.get("train_args") or {})}
+    meta = {"train_args": _plain_settings(ckpt.get("train_args"))}
     section = ckpt.get(PLAN_KEY)
     if isinstance(section, dict):
         meta["pruning"] = {k: section[k] for k in ("version", "settings", "report") if k in section}
     return Loaded(net, "ultralytics", str(spec), meta)
 
 
-def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
+def _plain_settings(args: Any) -> dict[str, Any]:
+    """The trainer settings a checkpoint carries, kept only where plain (a number, string, boolean, None or a flat
+    list of those): all ultralytics writes, and nothing a crafted file nests thousands deep is copied into outputs."""
+    plain = (str, int, float, bool, type(None))
+    return {
+        str(k): v
+        for k, v in (args.items() if isinstance(args, dict) else ())
+        if isinstance(v, plain) or (isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v))
+    }
+
+
+def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
     """Write an fp32 ultralytics checkpoint that stock ``YOLO(path)`` loads, plus yoloprune's section (plan,
     settings, the original config and a state_dict sharing the model's storage, so it costs no extra space)."""
     import ultralytics
@@ -181,7 +194,7 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
             "state_dict": net.state_dict(),
         },
     }
-    return save_atomic(ckpt, path)
+    return save_atomic(ckpt, path, overwrite)
 
 
 def rebuild(section: dict[str, Any]) -> nn.Module:

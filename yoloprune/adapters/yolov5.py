@@ -33,6 +33,7 @@ from ._upstream import (
     require,
     source,
 )
+from .config_check import ConfigError, check_anchor
 
 PACKAGE = "yolov5"
 INSTALL = "pip install 'yoloprune[yolov5]'"
@@ -141,10 +142,13 @@ def from_config(spec: str | dict) -> nn.Module:
     else:
         path = config_path(spec)
         cfg, name = yaml.safe_load(path.read_text()), path.name
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{name or 'this config'}: a model config must be a mapping")
     cfg.pop(PLAN_KEY, None)
     head = str(cfg["head"][-1][2]) if cfg.get("head") else ""
     if head not in HEADS:
         raise ValueError(f"{name or 'this config'}: only YOLOv5 detection and segmentation models are supported")
+    check_anchor(cfg, name or "this config", yolo)
     if not cfg.get("activation"):  # parse_model sets this class attribute for good when a config names one
         yolo.Conv.default_act = nn.SiLU()
     with quiet(*LOGGERS):
@@ -165,12 +169,12 @@ def load(spec: str) -> Loaded:
     return Loaded(_compat(net), "yolov5", str(spec), meta)
 
 
-def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
+def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
     """Write the checkpoint ``strip_optimizer`` writes, with yoloprune's section (see ``anchor_checkpoint``)."""
     net = copy.deepcopy(_network(loaded.model)).eval()
     reset_grids(net)
     extra = {"opt": loaded.meta.get("opt") or {}, "git": None}
-    return anchor_checkpoint(net, loaded.meta, path, section, "yolov5", PACKAGE, extra)
+    return anchor_checkpoint(net, loaded.meta, path, section, "yolov5", PACKAGE, extra, overwrite)
 
 
 def rebuild(section: dict[str, Any]) -> nn.Module:

@@ -34,6 +34,7 @@ from ._upstream import (
     require,
     source,
 )
+from .config_check import ConfigError, check_anchor
 
 PACKAGE = "yolov7"
 INSTALL = "pip install 'yoloprune[yolov7]' && pip install --no-deps yolov7detect"
@@ -141,10 +142,13 @@ def from_config(spec: str | dict) -> nn.Module:
                 "(cfg/training/yolov7-tiny.yaml in a clone of WongKinYiu/yolov7)"
             )
         cfg, name = yaml.safe_load(path.read_text()), path.name
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{name or 'this config'}: a model config must be a mapping")
     cfg.pop(PLAN_KEY, None)
     head = str(cfg["head"][-1][2]) if cfg.get("head") else ""
     if head not in HEADS:
         raise ValueError(f"{name or 'this config'}: only YOLOv7 detection models are supported (head {head!r})")
+    check_anchor(cfg, name or "this config", yolo)
     with quiet(*LOGGERS):
         net = yolo.Model(cfg)
     if name:
@@ -162,13 +166,13 @@ def load(spec: str) -> Loaded:
     return Loaded(net, "yolov7", str(spec), meta)
 
 
-def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
+def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
     """Write the checkpoint ``strip_optimizer`` writes (frozen parameters, which ``attempt_load``'s fuse outside
     ``no_grad`` needs), with yoloprune's section (see ``anchor_checkpoint``)."""
     net = copy.deepcopy(_network(loaded.model)).eval()
     reset_grids(net)
     extra = {"training_results": None, "wandb_id": None}
-    return anchor_checkpoint(net, loaded.meta, path, section, "yolov7", PACKAGE, extra)
+    return anchor_checkpoint(net, loaded.meta, path, section, "yolov7", PACKAGE, extra, overwrite)
 
 
 def rebuild(section: dict[str, Any]) -> nn.Module:

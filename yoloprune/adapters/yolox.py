@@ -22,6 +22,7 @@ from ..images import Preprocess
 from ..io import load_data, save_atomic
 from . import Loaded, Target
 from ._upstream import YOLOX_KEYS, YOLOX_MODELS, MissingPackage, names_dict, require
+from .config_check import check_yolox
 
 INSTALL = "pip install 'yoloprune[yolox]'"
 PLAN_KEY = "yoloprune"  # the attribute (a plain dict: config and plan) the network carries, and the file's section
@@ -120,6 +121,7 @@ def config_for(name: str, num_classes: int = 80) -> dict[str, Any]:
 
 def build(config: dict[str, Any]) -> nn.Module:
     """A network with random weights (initialised as YOLOX's ``get_model`` does) from a config dict."""
+    check_yolox(config, "this YOLOX config")
     module, pafpn, head = _classes()
     kw = {"in_channels": IN_CHANNELS, "depthwise": bool(config["depthwise"]), "act": config.get("act", "silu")}
     net = module(
@@ -191,7 +193,7 @@ def load(spec: str) -> Loaded:
     return Loaded(net, "yolox", str(spec), {})
 
 
-def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
+def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
     """Write the checkpoint YOLOX's trainer writes (``{'model': state_dict, 'start_epoch', ...}``, fp32) plus
     yoloprune's section: the plan and the config it replays onto (the state_dict is stored once)."""
     net = _network(loaded.model)
@@ -213,7 +215,7 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any]) -> Path:
             "state_dict": weights,
         },
     }
-    return save_atomic(ckpt, path)
+    return save_atomic(ckpt, path, overwrite)
 
 
 def rebuild(section: dict[str, Any]) -> nn.Module:

@@ -6,20 +6,28 @@ checkpoint it is given (``model=pruned.pt``), as it is, keeping every other feat
 augmentation, warm-up, resume, AMP on CUDA and multi-GPU DDP (its subprocesses build this class again and load the
 same checkpoint). A teacher for distillation on the head outputs comes through ``YOLOPRUNE_TEACHER`` /
 ``YOLOPRUNE_KD_WEIGHT``, so DDP subprocesses see it too.
+
+Every checkpoint the trainer reads (the model, ``last.pt`` on resume and NaN recovery, ``best.pt`` for the final
+validation) goes through ``yoloprune.io.load_checkpoint``, never through ultralytics' full unpickling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+import ultralytics.engine.trainer as stock_trainer
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..data.datasets import DatasetError
 from .kd import head_kd
+from .label_cache import label_cache_in
 
 TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV = "YOLOPRUNE_TEACHER", "YOLOPRUNE_KD_WEIGHT", "YOLOPRUNE_SPARSITY"
 SPARSITY_KIND_ENV = "YOLOPRUNE_SPARSITY_KIND"  # "bn" (network slimming) or "group" (group lasso)
@@ -45,6 +53,43 @@ class DistillCriterion:
             self.base.update()
 
 
+def read_checkpoint(weight: str | Path, device: Any = None, *_: Any, **__: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """ultralytics' ``load_checkpoint`` (an fp32 model in eval mode carrying its ``args``, and the checkpoint) read
+    through yoloprune's restricted loader."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from ..io import load_checkpoint
+
+    ckpt = load_checkpoint(weight)
+    net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"{weight} holds no model to train")
+    train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
+    net = net.float()
+    net.args = {**DEFAULT_CFG_DICT, **{k: v for k, v in train_args.items() if k in DEFAULT_CFG_DICT}}
+    net.pt_path = str(weight)
+    if not hasattr(net, "stride"):
+        net.stride = torch.tensor([32.0])
+    return net.eval().to(device) if device is not None else net.eval(), ckpt
+
+
+@contextlib.contextmanager
+def _restricted_reads() -> Iterator[None]:
+    """Within this block the stock trainer's ``load_checkpoint`` is yoloprune's restricted reader. Fails closed: an
+    ultralytics whose trainer no longer reads checkpoints through that name is refused rather than trusted."""
+    if not callable(getattr(stock_trainer, "load_checkpoint", None)):
+        raise RuntimeError(
+            "this ultralytics version's trainer reads checkpoints in a way yoloprune cannot restrict; "
+            "yoloprune fine-tunes with ultralytics >= 8.4"
+        )
+    original = stock_trainer.load_checkpoint
+    stock_trainer.load_checkpoint = read_checkpoint
+    try:
+        yield
+    finally:
+        stock_trainer.load_checkpoint = original
+
+
 def load_teacher(path: str, device: torch.device) -> nn.Module:
     from ..io import load_checkpoint
 
@@ -64,6 +109,37 @@ class PrunedDetectionTrainer(DetectionTrainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.add_callback("on_pretrain_routine_end", _attach_teacher)
+
+    def check_resume(self, overrides: dict[str, Any]) -> None:
+        with _restricted_reads():
+            super().check_resume(overrides)
+
+    def setup_model(self) -> Any:
+        with _restricted_reads():
+            return super().setup_model()
+
+    def _handle_nan_recovery(self, epoch: int) -> bool:
+        with _restricted_reads():
+            return super()._handle_nan_recovery(epoch)
+
+    def final_eval(self) -> None:
+        """Validate ``best.pt`` read through yoloprune's loader (stock validation unpickles the file fully); the
+        checkpoints are rewritten by ``finetune`` afterwards, so they are not stripped here."""
+        if not self.best.exists():
+            return
+        net, _ = read_checkpoint(self.best)
+        self.validator.args.plots = self.args.plots
+        self.validator.args.compile = False
+        self.metrics = self.validator(model=net)
+        self.metrics.pop("fitness", None)
+        self.epoch += 1  # as the stock trainer: log the best metrics at step epochs + 1
+        self.run_callbacks("on_fit_epoch_end")
+        self.epoch -= 1
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None) -> Any:
+        """ultralytics' dataset, its label cache kept in the run folder instead of the dataset's label folders."""
+        with label_cache_in(self.save_dir):
+            return super().build_dataset(img_path, mode, batch)
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         if not isinstance(weights, nn.Module):
