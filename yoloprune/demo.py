@@ -104,7 +104,7 @@ def _baseline(out: Path, data: Path, s: Settings) -> Path:
         verbose=False,
         **TRAIN_ARGS,
     )
-    write_atomic(stamp, lambda f: f.write(json.dumps(wanted).encode()))
+    write_atomic(stamp, lambda f: f.write(json.dumps(wanted).encode()), overwrite=True)
     return best
 
 
@@ -119,7 +119,7 @@ def _row(name: str, checkpoint: Path, data: Path, s: Settings, onnx: Path | None
     metrics = evaluate(loaded.model, data, imgsz=s.imgsz, batch=s.batch)
     latency = None
     if onnx is not None:
-        export_onnx(loaded.model, onnx, imgsz=s.imgsz, family=loaded.family)
+        export_onnx(loaded.model, onnx, imgsz=s.imgsz, family=loaded.family, overwrite=True)
         latency = onnx_latency(onnx, s.imgsz, s.threads, runs=s.runs, warmup=5).p50
     x = torch.zeros(1, 3, s.imgsz, s.imgsz)
     return Row(
@@ -152,7 +152,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
     loaded = load_model(str(baseline))
     report = prune(loaded.model, example_input(s.imgsz), target_macs=s.target_macs, round_to=8)
     pruned = out / "pruned.pt"
-    save_model(loaded, pruned, {"format": 1, "imgsz": s.imgsz, "settings": report.settings, "plan": report.plan})
+    section = {"format": 1, "imgsz": s.imgsz, "settings": report.settings, "plan": report.plan}
+    save_model(loaded, pruned, section, overwrite=True)
     _step(f"fine-tune {s.finetune_epochs} epochs with distillation from the baseline", start)
     tuned = finetune(
         pruned,
@@ -223,7 +224,7 @@ def _write_report(out: Path, rows: list[Row], s: Settings, seconds: float, notes
         "seconds": round(seconds, 1),
         "rows": [asdict(r) for r in rows],
     }
-    write_atomic(out / "results.json", lambda f: f.write(json.dumps(data, indent=1).encode()))
+    write_atomic(out / "results.json", lambda f: f.write(json.dumps(data, indent=1).encode()), overwrite=True)
     _plot(rows, out / "pareto.png")
     text = [
         "# yoloprune demo",
@@ -245,7 +246,7 @@ def _write_report(out: Path, rows: list[Row], s: Settings, seconds: float, notes
         "![Pareto plot](pareto.png)",
         "",
     ]
-    write_atomic(out / "report.md", lambda f: f.write("\n".join(text).encode()))
+    write_atomic(out / "report.md", lambda f: f.write("\n".join(text).encode()), overwrite=True)
 
 
 def _plot(rows: list[Row], path: Path) -> None:
@@ -268,5 +269,5 @@ def _plot(rows: list[Row], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110), overwrite=True)
     plt.close(fig)

@@ -23,6 +23,8 @@ from .images import Preprocess, check_imgsz, list_images, load_batch, sample_ima
 from .io import write_atomic
 
 DEFAULT_OPSET = 17  # torch 2.14's TorchScript exporter; the dynamo exporter wrote an invalid Split at opset 17
+MIN_OPSET = 11  # measured with torch 2.14: Upsample fails below 9, YOLOX's strided slices below 10, --nms below 11
+INT8_MIN_OPSET = 13  # onnxruntime refuses per-channel DequantizeLinear (the axis attribute) before opset 13
 
 
 class ExportError(RuntimeError):
@@ -87,17 +89,19 @@ def export_onnx(
     image: str | Path | None = None,
     metadata: dict[str, Any] | None = None,
     tolerance: float | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export ``model`` to ONNX at ``out`` in its family's export mode and verify it.
 
     onnxruntime's outputs on ``image`` (default: ultralytics' ``bus.jpg``, letterboxed the family's way) must match
     PyTorch's within ``tolerance`` (relative to the largest output value; default 1e-3, 1e-2 with ``half``); otherwise
     ``ExportError`` is raised and no file is written. INT8 (static, calibrated on the images in ``int8_calib``)
-    changes outputs by design: its difference is reported, not enforced.
+    changes outputs by design: its difference is reported, not enforced. An existing ``out`` is replaced only with
+    ``overwrite``.
     """
     start = time.perf_counter()
     check_imgsz(imgsz)
-    check_opset(opset)
+    check_opset(opset, int8=int8_calib is not None)
     adapter, net, spec = family_hooks(model, family)
     export_net = adapter.export_module(net, dynamic) if adapter is not None else copy.deepcopy(net).eval()
     if nms:
@@ -151,7 +155,7 @@ def export_onnx(
         raise ExportError(
             f"onnxruntime differs from PyTorch by {worst_rel:.2e} (relative; limit {limit:.0e}); no file written"
         )
-    path = write_atomic(out, lambda f: f.write(data))
+    path = write_atomic(out, lambda f: f.write(data), overwrite)
     return ExportResult(
         path, worst_abs, worst_rel, limit, time.perf_counter() - start, [list(t.shape) for t in reference], notes
     )
@@ -191,19 +195,23 @@ def _meta_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def check_opset(opset: int) -> None:
-    """Refuse an opset torch's TorchScript exporter cannot write (onnxruntime runs every opset it writes)."""
+def check_opset(opset: int, int8: bool = False) -> int:
+    """Refuse an opset outside the range every family exports and verifies in: from ``MIN_OPSET`` (with ``int8``,
+    ``INT8_MIN_OPSET``) to the newest torch's TorchScript exporter writes."""
     try:
-        from torch.onnx._constants import ONNX_MIN_OPSET as low
         from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as high
-    except ImportError:  # private constants; these are torch 2.14's values
-        low, high = 7, 20
-    if not low <= opset <= high:
-        raise ExportError(f"ONNX opset {opset} is not supported here: choose {low}..{high} (default {DEFAULT_OPSET})")
+    except ImportError:  # a private constant; this is torch 2.14's value
+        high = 20
+    low = INT8_MIN_OPSET if int8 else MIN_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        with_int8 = " with --int8" if int8 else ""
+        raise ValueError(f"--opset {opset} is not supported{with_int8}: choose {low}..{high} (default {DEFAULT_OPSET})")
+    return opset
 
 
-def session(data: bytes | str | Path, threads: int = 0) -> Any:
-    """An onnxruntime CPU session (``threads`` 0: onnxruntime's default)."""
+def session(data: bytes | str | Path, threads: int = 0, imgsz: int | None = None) -> Any:
+    """An onnxruntime CPU session (``threads`` 0: onnxruntime's default); with ``imgsz``, a file exported at another
+    fixed size is refused."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -212,11 +220,16 @@ def session(data: bytes | str | Path, threads: int = 0) -> Any:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     source = data if isinstance(data, bytes) else str(data)
+    what = "the exported model" if isinstance(data, bytes) else str(data)
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        s = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        what = "the exported model" if isinstance(data, bytes) else str(data)
         raise ExportError(f"onnxruntime {ort.__version__} cannot load {what}: {str(exc).splitlines()[0]}") from exc
+    size = s.get_inputs()[0].shape[2:]
+    if imgsz is not None and all(isinstance(d, int) for d in size) and list(size) != [imgsz, imgsz]:
+        shape = "x".join(map(str, size))
+        raise ValueError(f"{what} takes {shape} images, not --imgsz {imgsz}; pass --imgsz {size[0]} or export it again")
+    return s
 
 
 def _run_onnx(data: bytes, x: torch.Tensor) -> list[np.ndarray]:
@@ -268,6 +281,11 @@ def _quantize(data: bytes, calib: str | Path, imgsz: int, spec: Preprocess) -> b
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata an ONNX file carries."""
-    proto = onnx.load(str(path), load_external_data=False)
+    """The metadata an ONNX file carries; a clear error for a file that is not ONNX (or cut short)."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except DecodeError:
+        raise ValueError(f"{path} is not a readable ONNX file (truncated, or not ONNX at all)") from None
     return {p.key: p.value for p in proto.metadata_props}

@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import json
 import time
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import yaml
 
-from .io import write_atomic
-from .options import parse_assignment
+from .io import check_output, write_atomic
+from .options import SETTINGS, number_problem, parse_assignment
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
@@ -63,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "imgsz": 640,
     "prune": {
         "ratio": None,
-        "target_macs": 0.5,
+        "target_macs": None,  # DEFAULT_TARGET_MACS unless the recipe says how much another way
         "target_params": None,
         "target_latency_ms": None,
         "importance": "l2",
@@ -92,6 +93,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+AMOUNTS = ("ratio", "target_macs", "target_params", "target_latency_ms")  # how much to prune: one of them
+DEFAULT_TARGET_MACS = 0.5
+
+
 class RecipeError(ValueError):
     """A recipe that does not validate."""
 
@@ -111,6 +116,9 @@ def _check(node: Any, schema: Any, where: str) -> None:
         raise RecipeError(f"{where} must be {'/'.join(k.__name__ for k in kinds)}, got a boolean")
     if not isinstance(node, kinds):
         raise RecipeError(f"{where} must be {'/'.join(k.__name__ for k in kinds)}, got {type(node).__name__}")
+    name = where.rpartition(".")[2]
+    if name in SETTINGS and node is not None and (problem := number_problem(name, node)):
+        raise RecipeError(f"{where} {problem}, got {node}")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -140,15 +148,73 @@ def load_recipe(path: str | Path, sets: list[str] = ()) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        if parts[:1] == ["prune"] and len(parts) == 2 and parts[1] in AMOUNTS:
+            for other in AMOUNTS:  # a --set amount replaces the recipe's, whichever way that one says it
+                node.pop(other, None)
         node[parts[-1]] = value
     _check(recipe, SCHEMA, "")
     if "model" not in recipe:
         raise RecipeError("the recipe names no model")
-    return _merge(DEFAULTS, recipe)
+    _check_name(recipe.get("name", DEFAULTS["name"]))
+    resolved = _merge(DEFAULTS, recipe)
+    _check_amount(resolved["prune"])
+    _check_sizes(resolved)
+    return resolved
 
 
-def run(recipe: dict[str, Any], out: str | Path) -> dict[str, Any]:
-    """Prune, fine-tune, evaluate, export and benchmark as the recipe says; returns (and writes) the results."""
+def _check_amount(prune: dict[str, Any]) -> None:
+    """One way of saying how much to prune: the recipe's, else ``DEFAULT_TARGET_MACS``."""
+    given = [key for key in AMOUNTS if prune[key] is not None]
+    if len(given) > 1:
+        raise RecipeError(f"prune: give one of {', '.join(AMOUNTS)}, not {' and '.join(given)}")
+    if not given:
+        prune["target_macs"] = DEFAULT_TARGET_MACS
+
+
+def _check_sizes(recipe: dict[str, Any]) -> None:
+    """The image size and ONNX opset, refused now rather than after pruning and fine-tuning."""
+    from .export import check_opset
+    from .images import check_imgsz
+
+    try:
+        check_imgsz(recipe["imgsz"])
+        check_opset(recipe["export"]["opset"])
+    except ValueError as exc:
+        raise RecipeError(f"recipe: {exc}") from None
+
+
+def _check_name(name: str) -> None:
+    """The name is the default results folder, ``runs/<name>``: one plain folder name, nothing that leaves runs/."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0") or PureWindowsPath(name).drive:
+        raise RecipeError(f"name must be a single folder name (no '/', '\\', '..' or drive), got {name!r}")
+
+
+def outputs(recipe: dict[str, Any], out: Path) -> list[Path]:
+    """Every file ``run`` writes into ``out``."""
+    files = [out / name for name in ("recipe.resolved.yaml", "pruned.pt", "pruned.onnx", "results.json")]
+    if recipe["finetune"]["epochs"] > 0:
+        files += [out / "distilled.pt", *(out / "finetune" / "weights" / name for name in ("last.pt", "best.pt"))]
+    return files
+
+
+def check_outputs(
+    recipe: dict[str, Any], out: Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+) -> None:
+    """Refuse, before any work, a run whose outputs exist (unless ``overwrite``) or include one of its inputs (the
+    recipe's model, ``inputs``; even with ``overwrite``)."""
+    from .train.finetune import check_inputs
+
+    for path in outputs(recipe, out):
+        check_output(path, [recipe["model"], *inputs], overwrite)
+    if recipe["finetune"]["epochs"] > 0:
+        check_inputs(out / "finetune", {"model": recipe["model"]})
+
+
+def run(
+    recipe: dict[str, Any], out: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+) -> dict[str, Any]:
+    """Prune, fine-tune, evaluate, export and benchmark as the recipe says; returns (and writes) the results.
+    Existing outputs in ``out`` are replaced only with ``overwrite``, inputs (the model, ``inputs``) never."""
     from .bench import onnx_latency
     from .evaluate import evaluate
     from .export import export_onnx
@@ -157,8 +223,10 @@ def run(recipe: dict[str, Any], out: str | Path) -> dict[str, Any]:
 
     start = time.perf_counter()
     out = Path(out)
+    check_outputs(recipe, out, overwrite, inputs)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "recipe.resolved.yaml", lambda f: f.write(yaml.safe_dump(recipe, sort_keys=False).encode()))
+    resolved = yaml.safe_dump(recipe, sort_keys=False).encode()
+    write_atomic(out / "recipe.resolved.yaml", lambda f: f.write(resolved), overwrite)
     imgsz, p = recipe["imgsz"], recipe["prune"]
     loaded = load_model(recipe["model"], recipe["family"])
     report = prune(
@@ -185,6 +253,7 @@ def run(recipe: dict[str, Any], out: str | Path) -> dict[str, Any]:
         loaded,
         checkpoint,
         {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan, "recipe": recipe},
+        overwrite,
     )
     results: dict[str, Any] = {
         "recipe": recipe["name"],
@@ -192,7 +261,7 @@ def run(recipe: dict[str, Any], out: str | Path) -> dict[str, Any]:
     }
     f = recipe["finetune"]
     if f["epochs"] > 0:
-        checkpoint = _finetune(recipe, checkpoint, out, loaded.family)
+        checkpoint = _finetune(recipe, checkpoint, out, loaded.family, overwrite)
         results["finetune"] = str(checkpoint)
     final = load_model(str(checkpoint), loaded.family)
     if recipe["data"]:
@@ -211,16 +280,18 @@ def run(recipe: dict[str, Any], out: str | Path) -> dict[str, Any]:
         half=e["half"],
         nms=e["nms"],
         family=final.family,
+        overwrite=overwrite,
     )
     results["onnx"] = str(onnx)
     b = recipe["bench"]
     results["latency_p50_ms"] = onnx_latency(onnx, imgsz, b["threads"], runs=b["runs"]).p50
     results["seconds"] = round(time.perf_counter() - start, 1)
-    write_atomic(out / "results.json", lambda fh: fh.write(json.dumps(results, indent=1, default=str).encode()))
+    text = json.dumps(results, indent=1, default=str).encode()
+    write_atomic(out / "results.json", lambda f: f.write(text), overwrite)
     return results
 
 
-def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str) -> Path:
+def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str, overwrite: bool) -> Path:
     f = recipe["finetune"]
     teacher = recipe["model"] if f["teacher"] else None
     if family == "ultralytics":
@@ -240,7 +311,7 @@ def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str) 
             device=str(f["device"]),
             workers=f["workers"],
             out=out / "finetune",
-            overwrite=True,
+            overwrite=overwrite,
             **extra,
             **f["overrides"],
         ).best
@@ -260,5 +331,5 @@ def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str) 
         device="cpu" if str(f["device"]) == "cpu" else "cuda",
     )
     tuned = out / "distilled.pt"
-    save_model(student, tuned, {"distill": {"teacher": teacher, "epochs": f["epochs"]}})
+    save_model(student, tuned, {"distill": {"teacher": teacher, "epochs": f["epochs"]}}, overwrite)
     return tuned

@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 
 from .io import write_atomic
+from .options import check_numbers
 from .strategy import finish, unit_counts, units
+
+OUTPUTS = ("sensitivity.csv", "sensitivity.json", "sensitivity.png", "ratios.json")
+"""What an analysis writes into its folder."""
 
 
 @dataclass
@@ -43,8 +47,10 @@ def analyse(
     max_images: int | None = None,
     importance: str = "l2",
     round_to: int = 1,
+    overwrite: bool = False,
 ) -> list[Row]:
-    """Prune every unit alone at every ratio and evaluate; writes ``sensitivity.csv`` and a plot into ``out``."""
+    """Prune every unit alone at every ratio and evaluate; writes ``sensitivity.csv`` and a plot into ``out``
+    (replacing earlier ones only with ``overwrite``)."""
     from .adapters import resolve
     from .data.datasets import load_detection_set
     from .evaluate import evaluate
@@ -78,7 +84,7 @@ def analyse(
             rows.append(
                 Row(unit, ratio, 1 - selection.macs / base_macs, result.map50_95, base.map50_95 - result.map50_95)
             )
-    _write(out, rows, base.map50_95, by)
+    _write(out, rows, base.map50_95, by, overwrite)
     return rows
 
 
@@ -117,8 +123,11 @@ def allocate(rows: list[Row], target_macs: float) -> tuple[dict[str, float], flo
     return ratios, 1 - saved, drop
 
 
-def write_ratios(out: str | Path, rows: list[Row], target_macs: float, by: str) -> dict[str, Any]:
+def write_ratios(
+    out: str | Path, rows: list[Row], target_macs: float, by: str, overwrite: bool = False
+) -> dict[str, Any]:
     """Allocate for ``target_macs`` and write ``ratios.json`` (what ``yoloprune prune --ratios-from`` reads)."""
+    check_numbers(target_macs=target_macs)
     ratios, macs, drop = allocate(rows, target_macs)
     data = {
         "target_macs": target_macs,
@@ -127,7 +136,7 @@ def write_ratios(out: str | Path, rows: list[Row], target_macs: float, by: str) 
         "predicted_macs": round(macs, 4),
         "predicted_drop": round(drop, 4),
     }
-    write_atomic(Path(out) / "ratios.json", lambda f: f.write(json.dumps(data, indent=1).encode()))
+    write_atomic(Path(out) / "ratios.json", lambda f: f.write(json.dumps(data, indent=1).encode()), overwrite)
     return data
 
 
@@ -138,18 +147,19 @@ def read_ratios(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _write(out: Path, rows: list[Row], base: float, by: str) -> None:
+def _write(out: Path, rows: list[Row], base: float, by: str, overwrite: bool) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0]).keys()) if rows else ["unit"])
     writer.writeheader()
     for row in rows:
         writer.writerow(asdict(row))
-    write_atomic(out / "sensitivity.csv", lambda f: f.write(buffer.getvalue().encode()))
+    write_atomic(out / "sensitivity.csv", lambda f: f.write(buffer.getvalue().encode()), overwrite)
     write_atomic(
         out / "sensitivity.json",
         lambda f: f.write(
             json.dumps({"baseline_map50_95": base, "by": by, "rows": [asdict(r) for r in rows]}, indent=1).encode()
         ),
+        overwrite,
     )
     import matplotlib
 
@@ -165,7 +175,7 @@ def _write(out: Path, rows: list[Row], base: float, by: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
-    write_atomic(out / "sensitivity.png", lambda f: fig.savefig(f, format="png", dpi=110))
+    write_atomic(out / "sensitivity.png", lambda f: fig.savefig(f, format="png", dpi=110), overwrite)
     plt.close(fig)
 
 

@@ -1,12 +1,15 @@
 """mAP versus latency: prune one model to several MACs targets, fine-tune, evaluate, export and time each point.
 
 Every point starts from the original model (never cumulatively) and is written to ``DIR/points/`` as soon as it is
-done, so a sweep that was stopped recomputes only the missing points. ``results.csv``, ``results.json``, a Pareto
-plot and ``report.md`` are rewritten from the points at the end.
+done, so a sweep that was stopped recomputes only the missing points; ``DIR/sweep.json`` records what the points
+depend on (model, data, settings), and a folder made with anything else is refused rather than reused.
+``results.csv``, ``results.json``, a Pareto plot and ``report.md`` are rewritten from the points at the end.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import sys
 import time
@@ -18,7 +21,9 @@ from typing import Any
 import torch
 
 from .io import write_atomic
+from .options import check_numbers
 
+KEY_FILE = "sweep.json"  # what the points in a sweep folder were computed with
 FIELDS = ["target", "macs", "params", "map50_95", "map50", "latency_p50_ms", "checkpoint", "onnx", "seconds"]
 
 
@@ -53,6 +58,7 @@ def progress(items: Iterable[Any], desc: str) -> Iterator[Any]:
 def measure_point(
     target: float,
     checkpoint: Path,
+    onnx: Path,
     data: str | Path,
     imgsz: int,
     batch: int,
@@ -60,7 +66,7 @@ def measure_point(
     runs: int,
     start: float,
 ) -> Point:
-    """Evaluate, export and time one checkpoint."""
+    """Evaluate one checkpoint, export it to ``onnx`` and time that."""
     from .bench import onnx_latency
     from .counting import count_macs, count_params
     from .evaluate import evaluate
@@ -70,8 +76,7 @@ def measure_point(
     loaded = load_model(str(checkpoint))
     x = torch.zeros(1, 3, imgsz, imgsz)
     metrics = evaluate(loaded.model, data, imgsz=imgsz, batch=batch, family=loaded.family)
-    onnx = checkpoint.with_suffix(".onnx")
-    export_onnx(loaded.model, onnx, imgsz=imgsz, family=loaded.family)
+    export_onnx(loaded.model, onnx, imgsz=imgsz, family=loaded.family, overwrite=True)
     latency = onnx_latency(onnx, imgsz, threads, runs=runs, warmup=5).p50
     return Point(
         target,
@@ -84,6 +89,45 @@ def measure_point(
         str(onnx),
         time.perf_counter() - start,
     )
+
+
+def _digest(path: Path) -> str:
+    """The start of a file's SHA-256, enough to tell files apart."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def sweep_key(model: str | Path, data: str | Path, **settings: Any) -> dict[str, Any]:
+    """Everything a point depends on but its target: the model's content (or config name), the dataset (its path and
+    the content of its yaml or JSON file) and the settings, as JSON values."""
+    data_file = Path(data) if Path(data).is_file() else None
+    key = {
+        "model": _digest(Path(model)) if Path(model).is_file() else str(model),
+        "data": str(Path(data).resolve()),
+        "data_file": _digest(data_file) if data_file else None,
+        **settings,
+    }
+    return json.loads(json.dumps(key, default=str))
+
+
+def claim(out: Path, key: dict[str, Any], record: bool = True) -> None:
+    """Refuse a folder holding points computed with anything but ``key``; with ``record``, write ``key`` to
+    ``out/sweep.json`` when the folder holds no points yet."""
+    path = out / KEY_FILE
+    if not any((out / "points").glob("*.json")):
+        if record:
+            write_atomic(path, lambda f: f.write(json.dumps(key, indent=1).encode()), overwrite=True)
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{out} holds sweep points without a readable {KEY_FILE}; use another -o") from None
+    differs = [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in key.items() if old.get(k) != v]
+    if differs:
+        raise ValueError(f"{out} holds a sweep made with other settings ({'; '.join(differs)}); use another -o")
 
 
 def sweep(
@@ -108,14 +152,31 @@ def sweep(
     one (target 1.0) first."""
     from .models import example_input, load_model, save_model
     from .prune import prune
+    from .train.finetune import check_overrides
 
     out = Path(out)
-    points_dir, models_dir = out / "points", out / "models"
-    points_dir.mkdir(parents=True, exist_ok=True)
-    models_dir.mkdir(exist_ok=True)
+    check_overrides(finetune_args or {})
     targets = sorted({float(t) for t in targets}, reverse=True)
     if any(not 0 < t < 1 for t in targets):
         raise ValueError("sweep targets are MACs fractions in (0, 1)")
+    check_numbers(kd_weight=kd_weight)
+    tuning = {"epochs": finetune_epochs, "kd_weight": kd_weight, "batch": batch, "args": finetune_args or {}}
+    key = sweep_key(
+        model,
+        data,
+        imgsz=imgsz,
+        importance=importance,
+        global_ranking=global_ranking,
+        round_to=round_to,
+        threads=threads,
+        finetune=tuning if finetune_epochs > 0 else None,
+    )
+    claim(out, key, record=False)  # a folder of other settings is refused first
+    source = load_model(str(model))  # then the model is read (and refused, when it must be) before anything is written
+    points_dir, models_dir = out / "points", out / "models"
+    points_dir.mkdir(parents=True, exist_ok=True)
+    models_dir.mkdir(exist_ok=True)
+    claim(out, key)
     for target in progress([1.0, *targets], "sweep"):
         record = points_dir / f"{target:.3f}.json"
         if record.is_file():
@@ -124,11 +185,11 @@ def sweep(
         if target == 1.0:
             checkpoint = Path(model)
             if checkpoint.suffix != ".pt":
-                loaded = load_model(str(model))
+                loaded = copy.deepcopy(source)
                 checkpoint = models_dir / "unpruned.pt"
-                save_model(loaded, checkpoint, {})
+                save_model(loaded, checkpoint, {}, overwrite=True)
         else:
-            loaded = load_model(str(model))
+            loaded = copy.deepcopy(source)
             report = prune(
                 loaded.model,
                 example_input(imgsz),
@@ -139,9 +200,8 @@ def sweep(
                 family=loaded.family,
             )
             checkpoint = models_dir / f"pruned-{target:.3f}.pt"
-            save_model(
-                loaded, checkpoint, {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan}
-            )
+            section = {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan}
+            save_model(loaded, checkpoint, section, overwrite=True)
             if finetune_epochs > 0:
                 from .train import finetune
 
@@ -160,7 +220,8 @@ def sweep(
                     **(finetune_args or {}),
                 )
                 checkpoint = result.best
-        point = measure_point(target, checkpoint, data, imgsz, batch, threads, runs, start)
+        onnx = models_dir / ("unpruned.onnx" if target == 1.0 else f"pruned-{target:.3f}.onnx")
+        point = measure_point(target, checkpoint, onnx, data, imgsz, batch, threads, runs, start)
         write_atomic(record, lambda f, p=point: f.write(json.dumps(asdict(p), indent=1).encode()))
     points = [Point(**json.loads(p.read_text())) for p in sorted(points_dir.glob("*.json"))]
     points.sort(key=lambda p: -p.target)
@@ -171,13 +232,13 @@ def sweep(
 def write_results(points: list[Point], out: Path) -> None:
     """results.csv, results.json, pareto.png and report.md from the points."""
     rows = [asdict(p) for p in points]
-    write_atomic(out / "results.json", lambda f: f.write(json.dumps(rows, indent=1).encode()))
+    write_atomic(out / "results.json", lambda f: f.write(json.dumps(rows, indent=1).encode()), overwrite=True)
 
     def write_csv(f: Any) -> None:
         text = [",".join(FIELDS)] + [",".join(str(r[k]) for k in FIELDS) for r in rows]
         f.write(("\n".join(text) + "\n").encode())
 
-    write_atomic(out / "results.csv", write_csv)
+    write_atomic(out / "results.csv", write_csv, overwrite=True)
     plot(points, out / "pareto.png")
     base = next((p for p in points if p.target == 1.0), None)
     lines = [
@@ -194,7 +255,7 @@ def write_results(points: list[Point], out: Path) -> None:
             f"{p.latency_p50_ms:.1f} | {ratio:.2f} |"
         )
     lines += ["", "![Pareto plot](pareto.png)", ""]
-    write_atomic(out / "report.md", lambda f: f.write("\n".join(lines).encode()))
+    write_atomic(out / "report.md", lambda f: f.write("\n".join(lines).encode()), overwrite=True)
 
 
 def plot(points: list[Point], path: Path) -> None:
@@ -223,5 +284,5 @@ def plot(points: list[Point], path: Path) -> None:
     def save(f: Any) -> None:
         fig.savefig(f, format="png", dpi=110)
 
-    write_atomic(path, save)
+    write_atomic(path, save, overwrite=True)
     plt.close(fig)

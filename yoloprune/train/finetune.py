@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -12,7 +13,9 @@ from typing import Any
 from torch import nn
 
 from ..data.datasets import DatasetError, load_detection_set
+from ..images import check_imgsz
 from ..io import load_checkpoint, save_atomic
+from ..options import check_numbers
 
 SETTINGS_FILE = "yoloprune_finetune.json"
 
@@ -46,8 +49,42 @@ def _as_checkpoint(model: Any, path: Path) -> Path:
     target = resolve(model)
     if target.family != "ultralytics":
         raise ValueError(f"fine-tuning with labels supports ultralytics models; this is {target.family}")
-    _adapter("ultralytics").save(Loaded(target.module, "ultralytics", "memory", {"train_args": {}}), path, {})
+    _adapter("ultralytics").save(Loaded(target.module, "ultralytics", "memory", {"train_args": {}}), path, {}, True)
     return path
+
+
+def check_inputs(out: Path, inputs: dict[str, Any]) -> None:
+    """Refuse an input file (``{flag: path}``) that a fine-tune into ``out`` writes or, started over, replaces:
+    anything in ``out/weights`` (the trainer's checkpoints), ``out/start.pt`` and ``out/teacher.pt``."""
+    weights = (out / "weights").resolve()
+    written = {(out / name).resolve() for name in ("start.pt", "teacher.pt")}
+    for flag, given in inputs.items():
+        path = Path(given).resolve() if isinstance(given, (str, Path)) else None
+        if path is not None and (path in written or path.is_relative_to(weights)):
+            raise ValueError(
+                f"refusing to overwrite the input {given} ({flag}): fine-tuning into {out} writes it; choose another -o"
+            )
+
+
+OWN_SETTINGS = ("model", "data", "project", "name", "exist_ok", "resume", "task", "mode")  # what finetune sets
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a trainer setting ultralytics has not got or yoloprune sets itself, and
+    a value of the wrong type or range, by name (``--train-set``)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
+
+    for key in overrides:
+        if key in OWN_SETTINGS:
+            raise ValueError(f"--train-set {key}: yoloprune sets it itself (use MODEL, --data, -o or --resume)")
+        if key not in DEFAULT_CFG_DICT:
+            close = difflib.get_close_matches(key, list(DEFAULT_CFG_DICT), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(f"--train-set {key}: ultralytics' trainer has no such setting{hint}")
+    try:
+        check_cfg(dict(overrides))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--train-set {exc}") from None
 
 
 def _check_data(data: str | Path) -> None:
@@ -98,14 +135,22 @@ def finetune(
         TEACHER_ENV,
         WEIGHT_ENV,
         PrunedDetectionTrainer,
+        read_checkpoint,
     )
 
     start = time.perf_counter()
     out = Path(out)
-    if epochs < 1 or batch < 1 or imgsz < 32:
-        raise ValueError("epochs and batch must be >= 1 and imgsz >= 32")
+    if epochs < 1 or batch < 1:
+        raise ValueError("epochs and batch must be >= 1")
+    check_imgsz(imgsz)
+    check_numbers(kd_weight=kd_weight, sparsity=sparsity, lr0=lr0)
     if sparsity_kind not in ("bn", "group"):
         raise ValueError(f"unknown sparsity kind {sparsity_kind!r}; choose bn or group")
+    if str(overrides.get("cache")).lower() == "disk":
+        raise ValueError("--train-set cache=disk writes .npy files beside the dataset's images; use cache=ram")
+    check_overrides(overrides)
+    if not resume:
+        check_inputs(out, {"MODEL": model, "--teacher": teacher})
     _check_data(data)
     if not resume and not overwrite and any((out / "weights" / name).exists() for name in ("last.pt", "best.pt")):
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or --overwrite to start over")
@@ -129,13 +174,28 @@ def finetune(
             resume=resume,
         )
     last = out / "weights" / "last.pt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+    for path in (last,) if resume else (model, teacher):
+        if isinstance(path, (str, Path)):
+            read_checkpoint(path)  # refused here, before anything is written or handed to the trainer
     if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"nothing to resume: {last} does not exist")
         teacher_path = saved.get("teacher")
         sparsity = float(saved.get("sparsity") or 0.0)
         sparsity_kind = str(saved.get("sparsity_kind") or "bn")
-        args = {"resume": str(last), "model": str(last)}
+        # the run continues with the checkpoint's own settings, except where it writes and what it reads: those
+        # come from this call, so a run folder from elsewhere cannot send outputs or loads outside it
+        args = {
+            "resume": str(last),
+            "model": str(last),
+            "data": str(data),
+            "save_dir": str(out.resolve()),
+            "device": device,
+            "workers": workers,
+            "plots": plots,
+            "distill_model": None,
+            "cache": False,  # cache=disk would write beside the dataset's images
+        }
     else:
         out.mkdir(parents=True, exist_ok=True)
         start_ckpt = _as_checkpoint(model, out / "start.pt")
@@ -250,8 +310,8 @@ def _finetune_family(
     section = {"finetune": {"epochs": settings["epochs"], "teacher": str(teacher) if teacher else None}}
 
     def checkpoint(epoch: int, train_state: dict[str, Any]) -> None:
-        save_model(loaded, last, {**section, "epoch": epoch})
-        save_atomic(train_state, state_path)
+        save_model(loaded, last, {**section, "epoch": epoch}, overwrite=True)
+        save_atomic(train_state, state_path, overwrite=True)
 
     lr0 = settings.pop("lr0") or 0.01
     result = fit(
@@ -264,7 +324,7 @@ def _finetune_family(
         resume_state=state,
         **settings,
     )
-    best = save_model(loaded, weights / "best.pt", section)
+    best = save_model(loaded, weights / "best.pt", section, overwrite=True)
     return FinetuneResult(
         best,
         last,
@@ -285,7 +345,7 @@ def _saved(out: Path) -> dict[str, Any]:
 def save_atomic_json(path: Path, data: dict[str, Any]) -> None:
     from ..io import write_atomic
 
-    write_atomic(path, lambda f: f.write(json.dumps(data, indent=1, default=str).encode()))
+    write_atomic(path, lambda f: f.write(json.dumps(data, indent=1, default=str).encode()), overwrite=True)
 
 
 def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
@@ -313,7 +373,7 @@ def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
         if plan
         else {"format": 1, "family": "ultralytics", "finetune": settings}
     )
-    save_atomic(ckpt, path)
+    save_atomic(ckpt, path, overwrite=True)
     return sum(p.numel() for p in net.parameters())
 
 

@@ -247,9 +247,11 @@ def main() -> int:
     distil across processes (gloo on CPU, nccl on GPUs); rank 0 writes OUT in the student's family format."""
     import sys
 
+    from ..io import check_output
     from ..models import load_model, save_model
 
     student_path, teacher_path, images, out, *rest = sys.argv[1:]
+    check_output(out, [student_path, teacher_path])
     epochs, imgsz, batch = (int(v) for v in ([*rest, "1", "640", "8"])[:3])
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
