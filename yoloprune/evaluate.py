@@ -21,6 +21,7 @@ import torchvision
 from .data.datasets import DatasetError, DetectionSet, load_detection_set
 from .graph.tracer import tensors_in
 from .images import Preprocess, check_imgsz, letterbox, read_image, to_tensor
+from .options import check_numbers
 
 MAX_NMS = 30000
 
@@ -93,14 +94,15 @@ class Runner:
     batch_limit: int | None = None
 
 
-def runner_for(model: Any, family: str | None = None) -> Runner:
-    """A ``Runner`` for a model object, a checkpoint/config path or an ONNX file."""
+def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) -> Runner:
+    """A ``Runner`` for a model object, a checkpoint/config path or an ONNX file (with ``imgsz``: one exported at
+    that size, or with dynamic sizes)."""
     from .adapters import _adapter, resolve
 
     if isinstance(model, Runner):
         return model
     if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
-        return _onnx_runner(Path(model))
+        return _onnx_runner(Path(model), imgsz)
     if isinstance(model, (str, Path)):
         from .models import load_model
 
@@ -121,7 +123,7 @@ def runner_for(model: Any, family: str | None = None) -> Runner:
     return Runner(run, layout, nc, getattr(adapter, "PREPROCESS", Preprocess()))
 
 
-def _onnx_runner(path: Path) -> Runner:
+def _onnx_runner(path: Path, imgsz: int | None = None) -> Runner:
     from .export import read_metadata, session
 
     if not path.is_file():
@@ -129,7 +131,7 @@ def _onnx_runner(path: Path) -> Runner:
     meta = read_metadata(path)
     if "layout" not in meta or "nc" not in meta:
         raise ValueError(f"{path} has no yoloprune output layout in its metadata; export it with `yoloprune export`")
-    s = session(path)
+    s = session(path, imgsz=imgsz)
     name = s.get_inputs()[0].name
     static = s.get_inputs()[0].shape[0]
     spec = Preprocess(**json.loads(meta["preprocess"])) if "preprocess" in meta else Preprocess()
@@ -157,8 +159,13 @@ def evaluate(
     ``Runner``) on ``data``'s ``split``."""
     start = time.perf_counter()
     check_imgsz(imgsz)
+    check_numbers(conf=conf, iou=iou)
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     dataset = data if isinstance(data, DetectionSet) else load_detection_set(data, split)
-    runner = runner_for(model, family)
+    runner = runner_for(model, family, imgsz)
     if runner.nc != dataset.nc:
         raise DatasetError(
             f"class count mismatch: the model predicts {runner.nc} classes, {dataset.source} has {dataset.nc}"

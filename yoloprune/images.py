@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_PIXELS = 16384 * 16384  # 0.8 GB decoded: an image declaring more is a decompression bomb or a broken file
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2-4 flips and a half turn, 5-8 swap width and height
 
 
 @dataclass(frozen=True)
@@ -21,10 +27,14 @@ class Preprocess:
     fill: int = 114
 
 
+MAX_IMGSZ = 8192  # one 8192x8192 image is 0.8 GB in fp32 and its first feature maps several GB: larger is a typo
+
+
 def check_imgsz(imgsz: int, stride: int = 32) -> int:
-    """A positive multiple of the model's largest stride, or a clear error."""
-    if imgsz < stride or imgsz % stride:
-        raise ValueError(f"--imgsz must be a positive multiple of {stride}, got {imgsz}")
+    """A positive multiple of the model's largest stride up to ``MAX_IMGSZ``, or a clear error (before anything is
+    allocated at that size)."""
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not stride <= imgsz <= MAX_IMGSZ or imgsz % stride:
+        raise ValueError(f"--imgsz must be a positive multiple of {stride} up to {MAX_IMGSZ}, got {imgsz}")
     return imgsz
 
 
@@ -35,13 +45,73 @@ def sample_image() -> Path:
     return Path(ASSETS) / "bus.jpg"
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1 when it has none or an unreadable one)."""
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except (OSError, ValueError, SyntaxError, TypeError):  # what Pillow raises for malformed EXIF
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels turned the way their EXIF ``orientation`` says they are shown."""
+    turns = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(turns[orientation](image)) if orientation in turns else image
+
+
+def _pillow_open(source: str | Path | io.BytesIO) -> Image.Image:
+    """Pillow's own ``Image.open``: importing ultralytics replaces it with one that, for a file Pillow cannot identify,
+    logs an attempt to install pi-heif and raises ImportError when that is not installed."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", Image.open)(source)
+
+
+def _header(source: str | Path | io.BytesIO, path: str | Path) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) from an image's header, None when Pillow cannot read it; an image declaring
+    more than ``MAX_PIXELS`` is refused before a pixel is decoded."""
+    too_big = f"cannot read image {path}: it declares more than {MAX_PIXELS:,} pixels"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _pillow_open(source) as im:
+                (width, height), orientation = im.size, _orientation(im)
+    except Image.DecompressionBombError:  # Pillow's own refusal, when its limit is set (above ours)
+        raise ValueError(too_big) from None
+    except OSError:
+        return None
+    if width * height > MAX_PIXELS:
+        raise ValueError(too_big)
+    return width, height, orientation
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image as the model sees it: upright, as ``read_image`` returns it (header only)."""
+    header = _header(path, path)
+    if header is None:
+        raise ValueError(f"cannot read image {path}: not an image file")
+    width, height, orientation = header
+    return (height, width) if orientation >= 5 else (width, height)
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """A BGR uint8 image; a clear error when the file is missing or not an image."""
-    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    """A BGR uint8 image, upright (its EXIF orientation applied, as ``image_size`` reports it); a clear error when the
+    file is missing or not an image."""
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    header = _header(io.BytesIO(data), path)  # None: a format OpenCV reads and Pillow does not, no EXIF to honour
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # turned here, the same way for every format
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if image is None:
         raise ValueError(f"cannot read image {path}")
-    return image
+    return _upright(image, header[2] if header else 1)
 
 
 def letterbox(image: np.ndarray, size: int, fill: int = 114) -> tuple[np.ndarray, float, tuple[int, int]]:

@@ -8,6 +8,7 @@ consistently). Lower scores are removed first.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,26 @@ def channel_scores(
     grads = _taylor_grads(model, taylor_loss) if criterion == "taylor" else None
     scores, _ = _combine(model, graph, _is_weight, 1 if criterion == "l1" else 2, aggregate, normalize_layers, grads)
     return scores
+
+
+def check_scores(scores: Any, graph: Graph, importance: Callable[..., Any]) -> np.ndarray:
+    """What a custom ``importance(model, graph)`` returned, as one finite float per channel, or an error naming it."""
+    name = getattr(importance, "__qualname__", type(importance).__name__)
+    where = f"importance {name} (module {getattr(importance, '__module__', None)})"
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().cpu().numpy()
+    try:
+        values = np.asarray(scores, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} returned {type(scores).__name__}, not one number per channel") from None
+    if values.shape != (graph.num_comps,):
+        raise ValueError(
+            f"{where} returned scores of shape {values.shape}; the graph has {graph.num_comps} channels, one score each"
+        )
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        raise ValueError(f"{where} returned {bad} NaN or infinite scores of {values.size}")
+    return values
 
 
 def _is_weight(member: Member) -> bool:

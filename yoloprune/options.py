@@ -1,13 +1,68 @@
-"""Parsing the values users type: ``KEY=VALUE`` assignments and lists of fractions."""
+"""The values users type: ``KEY=VALUE`` assignments, lists of fractions, and the range of every float setting."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The finite numbers a setting accepts: from ``low`` to ``high``, each end excluded when ``open_*``."""
+
+    low: float = 0.0
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    noun: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return "positive" if self.open_low and self.low == 0 else f">= {self.low:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+
+
+SETTINGS: dict[str, Range] = {  # every float setting of the CLI, the recipes and the Python API
+    "ratio": Range(0, 1, open_low=True, open_high=True),
+    "target_macs": Range(0, 1, open_low=True, open_high=True, noun="a fraction of the original"),
+    "target_params": Range(0, 1, open_low=True, open_high=True, noun="a fraction of the original"),
+    "target_latency_ms": Range(0, open_low=True),
+    "max_ratio": Range(0, 1, open_low=True),
+    "max_drop": Range(0, 1),
+    "kd_weight": Range(0),
+    "sparsity": Range(0),
+    "lr0": Range(0, open_low=True),
+    "conf": Range(0, 1),
+    "iou": Range(0, 1),
+}
+
+
+def number_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the setting ``name`` (``must be ...``), or None."""
+    allowed = SETTINGS[name]
+    if not isinstance(value, bool) and isinstance(value, numbers.Real) and float(value) in allowed:
+        return None
+    return f"is {allowed.noun} and must be {allowed}" if allowed.noun else f"must be {allowed}"
+
+
+def check_numbers(**values: Any) -> None:
+    """Refuse any given (not None) setting that is not a finite number in its ``SETTINGS`` range, by name."""
+    for name, value in values.items():
+        problem = None if value is None else number_problem(name, value)
+        if problem:
+            raise ValueError(f"{name} {problem}, got {value}")
 
 
 def parse_assignment(item: str, flag: str = "--set") -> tuple[list[str], Any]:

@@ -17,7 +17,8 @@ from .graph.check import max_relative_difference, zero_producers
 from .graph.registry import Policy
 from .graph.smoke import smoke_test
 from .graph.surgery import PruneError, Removal, Snapshot, remove_channels
-from .importance import CRITERIA, channel_scores
+from .importance import CRITERIA, channel_scores, check_scores
+from .options import check_numbers
 from .plan import compose
 from .strategy import Selection, finish, search, uniform_counts, unit_counts
 
@@ -102,19 +103,17 @@ def _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps
     ]
     if len(given) > 1:
         raise ValueError(f"give one of ratio, target_macs, target_params, target_latency_ms (got {', '.join(given)})")
-    if ratio is not None and not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio must be in (0, 1), got {ratio}")
-    for name, value in (("target_macs", target_macs), ("target_params", target_params)):
-        if value is not None and not 0.0 < value < 1.0:
-            raise ValueError(f"{name} is a fraction of the original and must be in (0, 1), got {value}")
-    if target_latency_ms is not None and target_latency_ms <= 0:
-        raise ValueError(f"target_latency_ms must be positive, got {target_latency_ms}")
+    check_numbers(
+        ratio=ratio,
+        target_macs=target_macs,
+        target_params=target_params,
+        target_latency_ms=target_latency_ms,
+        max_ratio=max_ratio,
+    )
     if not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be a positive integer, got {round_to}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
-    if not 0.0 < max_ratio <= 1.0:
-        raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio}")
     if not callable(importance) and importance not in CRITERIA:  # aggregate is checked by channel_scores
         raise ValueError(f"unknown importance {importance!r}; choose one of {', '.join(CRITERIA)}")
 
@@ -262,7 +261,7 @@ def prune(
 
         def scorer(net: nn.Module, graph: Any) -> np.ndarray:
             if callable(importance):
-                return importance(net, graph)
+                return check_scores(importance(net, graph), graph, importance)
             return channel_scores(
                 net,
                 graph,

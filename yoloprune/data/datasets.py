@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from PIL import Image
 
-from ..images import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES, image_size
 
 
 class DatasetError(ValueError):
@@ -82,17 +82,23 @@ def from_coco(path: Path, images: str | Path | None = None) -> DetectionSet:
         raise DatasetError(f"{path} lists no images")
     if not dataset["categories"]:
         raise DatasetError(f"{path} lists no categories")
-    category_ids = sorted(int(c["id"]) for c in dataset["categories"])
+    category_ids = sorted(_unique_ids(path, dataset["categories"], "category"))
     known = set(category_ids)
-    image_ids = {int(im["id"]) for im in dataset["images"]}
+    image_ids = set(_unique_ids(path, dataset["images"], "image"))
+    _unique_ids(path, dataset["annotations"], "annotation")
+    _require_text(path, dataset["images"], "image", "file_name")
+    _require_text(path, dataset["categories"], "category", "name")
     for ann in dataset["annotations"]:
         if int(ann.get("category_id", -1)) not in known:
             raise DatasetError(f"{path}: annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}")
         if int(ann.get("image_id", -1)) not in image_ids:
             raise DatasetError(f"{path}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] >= 0 and bbox[3] >= 0):
-            raise DatasetError(f"{path}: annotation {ann.get('id')} has a malformed bbox {bbox}")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_finite, bbox)) and min(bbox[2:]) >= 0):
+            raise DatasetError(
+                f"{path}: annotation {ann.get('id')} has a malformed bbox {bbox} (want finite x, y, width, height; "
+                "width and height >= 0)"
+            )
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", bbox[2] * bbox[3])
     root = _image_root(path, dataset["images"][0]["file_name"], images)
@@ -107,6 +113,32 @@ def from_coco(path: Path, images: str | Path | None = None) -> DetectionSet:
         k: next(c["name"] for c in dataset["categories"] if int(c["id"]) == cid) for k, cid in enumerate(category_ids)
     }
     return DetectionSet(files, ids, _coco(dataset), category_ids, names, str(path))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _unique_ids(path: Path, entries: list[Any], kind: str) -> list[int]:
+    """The integer ``id`` of every entry of a COCO list; a clear error for a missing or repeated one."""
+    ids: list[int] = []
+    seen: set[int] = set()
+    for n, entry in enumerate(entries):
+        value = entry.get("id") if isinstance(entry, dict) else None
+        if not (isinstance(value, int) and not isinstance(value, bool)):
+            raise DatasetError(f"{path}: {kind} #{n} has no integer 'id' (got {value!r})")
+        if value in seen:
+            raise DatasetError(f"{path}: {kind} id {value} appears more than once")
+        seen.add(value)
+        ids.append(value)
+    return ids
+
+
+def _require_text(path: Path, entries: list[dict[str, Any]], kind: str, key: str) -> None:
+    """Every entry of a COCO list (each known to have an ``id``) has a non-empty string ``key``."""
+    for entry in entries:
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise DatasetError(f"{path}: {kind} {entry['id']} has no '{key}'")
 
 
 def _image_root(path: Path, first: str, images: str | Path | None) -> Path:
@@ -133,46 +165,27 @@ def from_yaml(path: Path, split: str = "val") -> DetectionSet:
         cfg = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise DatasetError(f"{path} is not a readable yaml: {exc}") from exc
-    if not isinstance(cfg, dict) or split not in cfg or "names" not in cfg:
-        raise DatasetError(f"{path} needs '{split}' and 'names' entries")
-    names = cfg["names"]
-    names = dict(enumerate(names)) if isinstance(names, list) else {int(k): str(v) for k, v in names.items()}
-    if sorted(names) != list(range(len(names))):
-        raise DatasetError(f"{path}: class names must be numbered 0..{len(names) - 1}")
+    if not isinstance(cfg, dict) or split not in cfg:
+        raise DatasetError(f"{path} needs a '{split}' entry")
+    names = _class_names(path, cfg)
+    if not isinstance(cfg.get("path") or "", str):
+        raise DatasetError(f"{path}: 'path' must be a folder name, got {cfg['path']!r:.40}")
     root = Path(cfg.get("path") or path.parent)
     if not root.is_absolute():
         root = (path.parent / root).resolve()
-    source = root / cfg[split]
-    if source.is_file():  # a text file listing images
-        files = [(root / line.strip()).resolve() for line in source.read_text().splitlines() if line.strip()]
-    elif source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        raise DatasetError(f"{path}: {split} images not found at {source} (nothing is downloaded)")
-    if not files:
-        raise DatasetError(f"{path}: no images in {source}")
+    entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
+    files = [file for entry in entries for file in _image_files(path, root, entry, split)]
+    kpt = cfg.get("kpt_shape")
+    keypoints = int(kpt[0]) * int(kpt[1]) if isinstance(kpt, list) and len(kpt) == 2 else 0
     images, annotations = [], []
     for index, file in enumerate(files, 1):
         try:
-            with Image.open(file) as im:
-                width, height = im.size
-        except OSError as exc:
-            raise DatasetError(f"cannot read image {file}: {exc}") from exc
+            width, height = image_size(file)  # upright, as the model sees the image
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from exc
         images.append({"id": index, "file_name": str(file), "width": width, "height": height})
-        label = _label_path(file)
-        for n, line in enumerate(label.read_text().splitlines() if label.is_file() else [], 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                cls, cx, cy, w, h = int(parts[0]), *map(float, parts[1:5])
-            except (ValueError, IndexError) as exc:
-                raise DatasetError(f"{label}:{n}: expected 'class cx cy w h', got {line!r}") from exc
-            if not 0 <= cls < len(names):
-                raise DatasetError(f"{label}:{n}: class {cls} is out of range 0..{len(names) - 1}")
-            if not all(-0.01 <= v <= 1.01 for v in (cx, cy, w, h)):
-                raise DatasetError(f"{label}:{n}: box {cx, cy, w, h} is not normalised to [0, 1]")
-            box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+        for cls, (x1, y1, x2, y2) in _read_labels(_label_path(file), len(names), keypoints):
+            box = [x1 * width, y1 * height, (x2 - x1) * width, (y2 - y1) * height]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -194,6 +207,99 @@ def from_yaml(path: Path, split: str = "val") -> DetectionSet:
         str(path),
         {"yaml": cfg, "root": str(root)},
     )
+
+
+def _read_labels(label: Path, nc: int, keypoints: int = 0) -> list[tuple[int, tuple[float, ...]]]:
+    """A YOLO label file as (class, normalised x1, y1, x2, y2) rows, read as ultralytics reads them for detection:
+    ``class cx cy w h`` boxes (pose rows: the keypoints after them dropped) or ``class x1 y1 x2 y2 x3 y3 ...``
+    polygons (segments, OBB corners) taken to their bounding box, never both in one file."""
+    if not label.is_file():
+        return []
+    try:
+        text = label.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{label}: not a text label file (byte {exc.start} is not UTF-8)") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read the label file {label}: {exc.strerror}") from None
+    rows, first = [], {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.split():
+            kind, cls, box = _label_row(line, f"{label}:{n}", nc, keypoints)
+            first.setdefault(kind, n)
+            if len(first) > 1:
+                raise DatasetError(f"{label}: mixes boxes and polygons (lines {first['box']} and {first['polygon']})")
+            rows.append((cls, box))
+    return rows
+
+
+def _label_row(line: str, where: str, nc: int, keypoints: int) -> tuple[str, int, tuple[float, ...]]:
+    """One label line as ("box" or "polygon", class, normalised x1, y1, x2, y2); a clear error naming ``where``."""
+    parts = line.split()
+    polygon = len(parts) >= 7 and len(parts) % 2 == 1 and len(parts) != 5 + keypoints
+    try:
+        cls, values = int(parts[0]), [float(v) for v in parts[1 : None if polygon else 5]]
+    except ValueError:
+        cls, values = None, []
+    if cls is None or not (polygon or len(parts) in (5, 5 + keypoints)):
+        raise DatasetError(
+            f"{where}: expected 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...', got {line!r}"
+        )
+    kind = "polygon" if polygon else "box"
+    if not all(map(math.isfinite, values)):
+        raise DatasetError(f"{where}: {line.strip()!r} holds a value that is not a finite number")
+    if not 0 <= cls < nc:
+        raise DatasetError(f"{where}: class {cls} is out of range 0..{nc - 1}")
+    if not polygon and min(values[2:]) < 0:
+        raise DatasetError(f"{where}: box width and height must not be negative, got {values[2]:g}, {values[3]:g}")
+    if not all(-0.01 <= v <= 1.01 for v in values):
+        raise DatasetError(f"{where}: {kind} {' '.join(parts[1:])!r} is not normalised to [0, 1]")
+    if polygon:
+        xs, ys = values[0::2], values[1::2]
+        return kind, cls, (min(xs), min(ys), max(xs), max(ys))
+    cx, cy, w, h = values
+    return kind, cls, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def _class_names(path: Path, cfg: dict[str, Any]) -> dict[int, str]:
+    """A data yaml's classes as ultralytics reads them: ``names`` as a list or an index: name mapping, or ``nc``
+    alone (``class_0``, ``class_1``, ...)."""
+    names, nc = cfg.get("names"), cfg.get("nc")
+    if names is None and isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
+        return {i: f"class_{i}" for i in range(nc)}
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise DatasetError(f"{path}: 'names' must be a list or an index: name mapping of classes, got {names!r:.40}")
+    try:
+        names = {int(k): str(v) for k, v in names.items()}
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: the keys of 'names' must be class indices 0, 1, ...") from None
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f"{path}: class names must be numbered 0..{len(names) - 1}")
+    if nc is not None and nc != len(names):
+        raise DatasetError(f"{path}: 'nc: {nc!r:.20}' disagrees with the {len(names)} class names")
+    return names
+
+
+def _image_files(path: Path, root: Path, entry: Any, split: str) -> list[Path]:
+    """The images one ``split`` entry of a data yaml names: a folder, or a text file listing images (relative to the
+    dataset root), as ultralytics reads them."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise DatasetError(f"{path}: '{split}' must name a folder or an image list file (or a list of them)")
+    source = root / entry
+    if source.is_file():
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"cannot read the image list {source}: {exc}") from exc
+        files = [(root / line.strip()).resolve() for line in lines if line.strip()]
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise DatasetError(f"{path}: {split} images not found at {source} (nothing is downloaded)")
+    if not files:
+        raise DatasetError(f"{path}: no images in {source}")
+    return files
 
 
 def _label_path(image: Path) -> Path:
