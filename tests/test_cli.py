@@ -33,7 +33,7 @@ def test_inspect_json_lists_frozen_reasons(capsys):
     [
         (["inspect", "nope.yaml"], "no such model config: nope.yaml"),
         (["inspect", "yolov8s-worldv2.yaml"], "open-vocabulary and RT-DETR models are not supported yet"),
-        (["inspect", "yolov8n.yaml", "--imgsz", "50"], "--imgsz must be a positive multiple of 32"),
+        (["inspect", "yolov8n.yaml", "--imgsz", "50"], "argument --imgsz: must be a positive multiple of 32"),
         (["inspect", "missing.pt"], "no such model: missing.pt"),
     ],
 )

@@ -76,7 +76,7 @@ def time_calls(call: Callable[[], Any], runs: int = 50, warmup: int = 10) -> Tim
 
 def onnx_latency(path: str | Path, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
     """onnxruntime CPU latency of an ONNX file on a random image batch of one."""
-    s = session(path, threads)
+    s = session(path, threads, imgsz)
     inp = s.get_inputs()[0]
     dtype = np.float16 if "float16" in inp.type else np.float32
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz)).astype(dtype)
@@ -122,6 +122,8 @@ def bench(model: str | Path, imgsz: int = 640, threads: int = 1, runs: int = 50,
     from .models import load_model
 
     check_imgsz(imgsz)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     if Path(model).suffix == ".onnx":
         if not Path(model).is_file():
             raise FileNotFoundError(f"no such model: {model}")

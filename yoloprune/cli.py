@@ -62,7 +62,7 @@ def _prune(args: argparse.Namespace) -> int:
         ignore=args.ignore,
         target_macs=args.target_macs,
         target_params=args.target_params,
-        target_latency_ms=args.target_latency,
+        target_latency_ms=args.target_latency_ms,
         latency_imgsz=args.imgsz,
         latency_threads=args.threads,
         global_ranking=args.global_ranking,
@@ -86,7 +86,7 @@ def _prune(args: argparse.Namespace) -> int:
         "plan": report.plan,
         "report": summary,
     }
-    save_model(loaded, out, section)
+    save_model(loaded, out, section, args.overwrite)
     if args.json:
         print(json.dumps({"output": str(out), **summary}, indent=1))
         return 0
@@ -122,7 +122,7 @@ def _between_steps(loaded, args: argparse.Namespace, folder: Path):
     base = evaluate(loaded.model, args.data, imgsz=args.imgsz).map50_95 if args.max_drop is not None else None
 
     def callback(step: int, model) -> bool:
-        checkpoint = save_model(loaded, folder / f"step{step}.pt", {})
+        checkpoint = save_model(loaded, folder / f"step{step}.pt", {}, overwrite=True)
         result = finetune(
             checkpoint,
             args.data,
@@ -144,13 +144,14 @@ def _between_steps(loaded, args: argparse.Namespace, folder: Path):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from .export import check_opset, export_onnx
     from .io import check_output
     from .models import load_model
 
     out = check_output(args.output, [args.model], args.overwrite)
     if args.int8 and not args.calib:
         raise ValueError("--int8 needs --calib DIR (a folder of representative images)")
+    check_opset(args.opset, args.int8)
     loaded = load_model(args.model, args.family)
     pruning = loaded.meta.get("pruning")
     result = export_onnx(
@@ -166,6 +167,7 @@ def _export(args: argparse.Namespace) -> int:
         family=loaded.family,
         image=args.image,
         metadata={"yoloprune": json.dumps(pruning, default=str)} if pruning else None,
+        overwrite=args.overwrite,
     )
     print(result)
     for note in result.notes:
@@ -182,28 +184,31 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from .io import folder_lock
     from .train import finetune
 
     if not args.resume and args.model is None:
         raise ValueError("give MODEL (or --resume to continue the run in -o)")
-    result = finetune(
-        args.model,
-        args.data,
-        epochs=args.epochs,
-        teacher=args.teacher,
-        kd_weight=args.kd_weight,
-        sparsity=args.sparsity,
-        sparsity_kind=args.sparsity_kind,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        device=args.device,
-        lr0=args.lr0,
-        out=args.output,
-        workers=args.workers,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        **_settings(args.train_set),
-    )
+    settings = _settings(args.train_set)
+    with folder_lock(args.output):
+        result = finetune(
+            args.model,
+            args.data,
+            epochs=args.epochs,
+            teacher=args.teacher,
+            kd_weight=args.kd_weight,
+            sparsity=args.sparsity,
+            sparsity_kind=args.sparsity_kind,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            device=args.device,
+            lr0=args.lr0,
+            out=args.output,
+            workers=args.workers,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            **settings,
+        )
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
         return 0
@@ -245,27 +250,30 @@ def _settings(items: list[str]) -> dict:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from .io import folder_lock
     from .options import parse_fractions
     from .sweep import sweep
 
     targets = parse_fractions(args.targets, "--targets")
-    points = sweep(
-        args.model,
-        args.data,
-        args.output,
-        targets,
-        finetune_epochs=args.finetune_epochs,
-        kd_weight=args.kd_weight,
-        importance=args.importance,
-        global_ranking=args.global_ranking,
-        round_to=args.round_to,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        threads=args.threads,
-        runs=args.runs,
-        device=args.device,
-        finetune_args=_settings(args.train_set),
-    )
+    settings = _settings(args.train_set)
+    with folder_lock(args.output):
+        points = sweep(
+            args.model,
+            args.data,
+            args.output,
+            targets,
+            finetune_epochs=args.finetune_epochs,
+            kd_weight=args.kd_weight,
+            importance=args.importance,
+            global_ranking=args.global_ranking,
+            round_to=args.round_to,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            threads=args.threads,
+            runs=args.runs,
+            device=args.device,
+            finetune_args=settings,
+        )
     print((Path(args.output) / "report.md").read_text())
     print(f"wrote {len(points)} points to {args.output} (results.csv, results.json, pareto.png, report.md)")
     return 0
@@ -279,37 +287,40 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .io import folder_lock
     from .recipe import load_recipe, run
 
     recipe = load_recipe(args.recipe, args.set)
     out = Path(args.output or f"runs/{recipe['name']}")
-    if (out / "results.json").exists() and not args.overwrite:
-        raise ValueError(f"{out} holds the results of a previous run; pass --overwrite to replace them")
-    results = run(recipe, out)
+    with folder_lock(out):
+        results = run(recipe, out, args.overwrite, inputs=[args.recipe])
     print(json.dumps(results, indent=1, default=str))
     return 0
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
+    from .io import folder_lock
     from .options import parse_fractions
-    from .sensitivity import analyse, write_ratios
+    from .sensitivity import OUTPUTS, analyse, write_ratios
 
-    if (Path(args.output) / "sensitivity.csv").exists() and not args.overwrite:
-        raise ValueError(f"{args.output} holds a sensitivity analysis; pass --overwrite to replace it")
     ratios = tuple(parse_fractions(args.ratios, "--ratios"))
     if 1.0 in ratios:
         raise ValueError("--ratios are fractions in (0, 1): a unit cannot lose all its channels")
-    rows = analyse(
-        args.model,
-        args.data,
-        args.output,
-        ratios=ratios,
-        by=args.by,
-        imgsz=args.imgsz,
-        batch=args.batch,
-        max_images=args.max_images,
-    )
-    plan = write_ratios(args.output, rows, args.target_macs, args.by)
+    with folder_lock(args.output):
+        if any((Path(args.output) / name).exists() for name in OUTPUTS) and not args.overwrite:
+            raise ValueError(f"{args.output} holds a sensitivity analysis; pass --overwrite to replace it")
+        rows = analyse(
+            args.model,
+            args.data,
+            args.output,
+            ratios=ratios,
+            by=args.by,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            max_images=args.max_images,
+            overwrite=args.overwrite,
+        )
+        plan = write_ratios(args.output, rows, args.target_macs, args.by, args.overwrite)
     print(f"{len(rows)} measurements over {len({r.unit for r in rows})} units -> {args.output}/sensitivity.csv")
     print(
         f"ratios for {args.target_macs:.0%} MACs (predicted {plan['predicted_macs']:.1%}, mAP50-95 drop "
@@ -386,6 +397,20 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _imgsz(text: str) -> int:
+    """A model's ``--imgsz``, checked while parsing: before any model is loaded or tensor allocated."""
+    from .images import check_imgsz
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    try:
+        return check_imgsz(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--imgsz ")) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line (and exit status 2), like every other error."""
 
@@ -414,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="list a model's coupled channel groups (members, size, frozen and why)")
     p.add_argument("model", help="model config, zoo name (yolox-s) or checkpoint")
-    p.add_argument("--imgsz", type=int, default=640, help="input size to trace at (default 640)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size to trace at (default 640)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
     p.add_argument("--prune-head", action="store_true", help="let the detection head's inner layers be pruned")
@@ -430,7 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ratio", type=float, help="fraction of each group's channels to remove (default 0.3)")
     how.add_argument("--target-macs", type=float, metavar="F", help="MACs as a fraction of the original (0.5)")
     how.add_argument("--target-params", type=float, metavar="F", help="params as a fraction of the original")
-    how.add_argument("--target-latency", type=float, metavar="MS", help="onnxruntime CPU ms on this machine")
+    how.add_argument(
+        "--target-latency",
+        dest="target_latency_ms",
+        type=float,
+        metavar="MS",
+        help="onnxruntime CPU ms on this machine",
+    )
     how.add_argument("--ratios-from", metavar="DIR", help="per-stage ratios from `yoloprune sensitivity`")
     p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES, help="combine a group's layers (mean)")
@@ -445,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="batch size for fine-tuning between steps (16)")
     p.add_argument("--max-drop", type=float, help="stop the steps when mAP50-95 drops more than this")
     p.add_argument("--seed", type=int, default=0, help="seed for random importance")
-    p.add_argument("--imgsz", type=int, default=640, help="input size for tracing and MACs (640)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size for tracing and MACs (640)")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
     p.add_argument("--prune-head", action="store_true", help="also prune the detection head's inner layers")
     p.add_argument(
@@ -458,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export to ONNX, verified against PyTorch on a real image")
     p.add_argument("model", help="checkpoint or config")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    p.add_argument("--imgsz", type=int, default=640, help="input size (640)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size (640)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17; 11..20, 13..20 with --int8)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True, help="run onnxslim (on)")
     p.add_argument("--half", action="store_true", help="fp16 weights and compute (inputs and outputs stay fp32)")
@@ -475,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="MACs, params and CPU latency (onnxruntime and PyTorch)")
     p.add_argument("model", help="checkpoint, config or .onnx file")
-    p.add_argument("--imgsz", type=int, default=640, help="input size (640)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size (640)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for both runtimes (1)")
     p.add_argument("--runs", type=int, default=50, help="timed runs (50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (10)")
@@ -496,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("bn", "group"),
         help="bn: BN-L1 (network slimming); group: group lasso",
     )
-    p.add_argument("--imgsz", type=int, default=640, help="training size (640)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="training size (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")
     p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
@@ -516,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="COCO mAP50-95 / mAP50 with pycocotools (checkpoints, configs, .onnx files)")
     p.add_argument("model", help="checkpoint, config or .onnx file")
     p.add_argument("--data", required=True, help="data yaml, COCO annotation JSON, or a dataset folder")
-    p.add_argument("--imgsz", type=int, default=640, help="inference size (640)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="inference size (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold (0.001)")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU (0.7)")
@@ -538,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
     p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8)")
-    p.add_argument("--imgsz", type=int, default=640, help="size for evaluation, export and latency (640)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="size for evaluation, export and latency (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (1)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per point (30)")
@@ -568,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios to try per unit (0.25,0.5,0.75)")
     p.add_argument("--by", default="stage", choices=("stage", "group"), help="unit of analysis (stage)")
     p.add_argument("--target-macs", type=float, default=0.5, help="MACs fraction to allocate ratios for (0.5)")
-    p.add_argument("--imgsz", type=int, default=640, help="evaluation size (640)")
+    p.add_argument("--imgsz", type=_imgsz, default=640, help="evaluation size (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
     p.add_argument("--max-images", type=int, help="evaluate on the first N validation images only")
     p.add_argument("--overwrite", action="store_true", help="replace the analysis a previous run left in -o")
@@ -590,15 +621,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one line and return 2."""
+    """Run the CLI and return its exit status: user errors print one line and return 2, Ctrl-C prints one line and
+    returns 130 (outputs are written atomically, so an interrupted command leaves nothing half-written)."""
     from .io import trusting
+    from .options import SETTINGS, check_numbers
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line, status 2), --help, --version
+        return int(exc.code or 0)
     try:
         if getattr(args, "repo", None):
             from .adapters._upstream import use_repo
 
             use_repo(args.repo)
+        check_numbers(**{name: value for name, value in vars(args).items() if name in SETTINGS})
         with trusting(getattr(args, "trust", False)):
             return args.func(args)
     except USER_ERRORS as exc:
@@ -607,6 +644,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"yoloprune {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except RecursionError:  # a crafted file nested thousands deep
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"yoloprune {args.command}: error: an input is nested too deeply to process", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"yoloprune {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into head and the like
         sys.stderr.close()
         return 0
