@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from yoloprune.counting import count_macs, count_params
+from yoloprune.graph.counting import count_macs, count_params
 
 
 def torch_macs(model: nn.Module, x: torch.Tensor) -> int:

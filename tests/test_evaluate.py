@@ -11,7 +11,7 @@ import torch
 
 from yoloprune.data import synthesize
 from yoloprune.data.datasets import DatasetError, load_detection_set
-from yoloprune.evaluate import Runner, decode, evaluate
+from yoloprune.evaluate.coco import Runner, decode, evaluate
 from yoloprune.images import Preprocess, letterbox, read_image
 
 
@@ -125,8 +125,8 @@ def test_bad_datasets_fail_with_a_clear_message(dataset, tmp_path, damage, messa
 
 def test_onnx_file_evaluates_like_its_pytorch_model(dataset, tmp_path):
     from yoloprune.adapters.ultralytics import from_config
-    from yoloprune.evaluate import runner_for
-    from yoloprune.export import export_onnx
+    from yoloprune.evaluate.coco import runner_for
+    from yoloprune.export.onnx import export_onnx
 
     torch.manual_seed(0)
     model = from_config({**from_config("yolov8n.yaml").yaml, "nc": 4})

@@ -215,7 +215,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, files, tmp_path, 
     def refuse(*args, **kwargs):
         raise AssertionError("bad input must be refused before pruning starts")
 
-    monkeypatch.setattr(importlib.import_module("yoloprune.prune"), "prune", refuse)  # the package exports a function
+    monkeypatch.setattr(importlib.import_module("yoloprune.pruning.run"), "prune", refuse)
     before = _digests(files["root"])
     code = main(argv)
     err = capsys.readouterr().err.strip()
@@ -243,7 +243,7 @@ INTERRUPTS = {  # where the Ctrl-C lands: deep in the pruning, halfway through w
     "prune, while writing": (["prune", "yolov8n.yaml", "--imgsz", "64", "-o", "{out}.pt"], "torch.save"),
     "export, verifying": (
         ["export", "yolov8n.yaml", "--imgsz", "64", "-o", "{out}.onnx"],
-        "yoloprune.export._run_onnx",
+        "yoloprune.export.onnx._run_onnx",
     ),
 }
 
@@ -311,7 +311,7 @@ def test_an_interrupted_finetunes_best_pt_is_accepted(files, tmp_path, capsys):
 
 
 def test_a_recipe_that_sets_ratio_resolves_to_it(tmp_path):
-    from yoloprune.recipe import load_recipe
+    from yoloprune.workflows.recipe import load_recipe
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"model": "yolov8n.yaml", "prune": {"ratio": 0.3}}))

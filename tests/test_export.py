@@ -9,12 +9,12 @@ import torch
 from helpers import randomize
 
 import yoloprune
-from yoloprune import export as export_module
 from yoloprune.adapters.ultralytics import from_config
-from yoloprune.bench import bench, onnx_counts, time_calls
 from yoloprune.cli import main
-from yoloprune.counting import count_macs
-from yoloprune.export import ExportError, export_onnx, read_metadata, session
+from yoloprune.export import onnx as export_module
+from yoloprune.export.bench import bench, onnx_counts, time_calls
+from yoloprune.export.onnx import ExportError, export_onnx, read_metadata, session
+from yoloprune.graph.counting import count_macs
 from yoloprune.images import load_batch, sample_image
 
 IMGSZ = 128

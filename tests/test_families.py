@@ -23,9 +23,10 @@ from yoloprune.adapters import resolve
 from yoloprune.adapters import yolov5 as a5
 from yoloprune.adapters import yolov7 as a7
 from yoloprune.adapters import yolox as ax
-from yoloprune.adapters._upstream import guess_family, peek, read_checkpoint, set_requires_grad, write_checkpoint
+from yoloprune.adapters.checkpoint import read_checkpoint, set_requires_grad, write_checkpoint
+from yoloprune.adapters.detect import guess_family, peek
 from yoloprune.cli import main
-from yoloprune.export import export_onnx
+from yoloprune.export.onnx import export_onnx
 
 CONFIGS = Path(__file__).parent / "family_configs"
 V7_TINY = CONFIGS / "yolov7-tiny.yaml"

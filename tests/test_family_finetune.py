@@ -64,20 +64,18 @@ def test_family_loss_trains_the_pruned_network_with_distillation(family, data):
 
 
 def test_finetune_dispatches_other_families_to_the_loop(data, tmp_path):
-    from yoloprune.adapters import Loaded
-    from yoloprune.models import save_model
+    from yoloprune.adapters import Loaded, save_model
 
     net = randomize(model("yolov5"))
     yoloprune.prune(net, X, target_macs=0.6)
     path = save_model(Loaded(net, "yolov5", "x", {"half": False}), tmp_path / "p.pt", {})
     result = finetune(path, data, epochs=1, imgsz=64, batch=4, out=tmp_path / "ft", workers=0)
     assert result.best.is_file() and result.params == sum(p.numel() for p in net.parameters())
-    assert yoloprune.models.load_model(str(result.best)).family == "yolov5"
+    assert yoloprune.adapters.load_model(str(result.best)).family == "yolov5"
 
 
 def test_an_interrupted_family_finetune_resumes_from_its_last_epoch(data, tmp_path, monkeypatch):
-    from yoloprune.adapters import Loaded
-    from yoloprune.models import load_model, save_model
+    from yoloprune.adapters import Loaded, load_model, save_model
 
     net = randomize(model("yolov5"))
     yoloprune.prune(net, X, target_macs=0.6)

@@ -93,7 +93,7 @@ def test_finetune_and_eval_work_with_the_network_blocked(pair, data, tmp_path, m
     monkeypatch.setattr(socket, "create_connection", refuse)
     _, pruned, _ = pair
     result = finetune(pruned, data, epochs=1, out=tmp_path / "offline", **{**FAST, "plots": True})
-    from yoloprune.evaluate import evaluate
+    from yoloprune.evaluate.coco import evaluate
 
     metrics = evaluate(result.best, data, imgsz=64, batch=4)
     assert metrics.images == 4 and 0.0 <= metrics.map50_95 <= 1.0
@@ -131,7 +131,7 @@ def _rank(rank: int, world: int, port: int, student: str, teacher: str, images: 
 
     import torch.distributed as dist
 
-    from yoloprune.models import load_model
+    from yoloprune.adapters import load_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -237,10 +237,9 @@ def test_cli_taylor_importance_and_steps_with_finetuning(pair, data, tmp_path, c
 
 
 def test_taylor_leaves_the_model_unchanged(pair, data):
-    from yoloprune.adapters import resolve
+    from yoloprune.adapters import load_model, resolve
     from yoloprune.graph import build
-    from yoloprune.importance import channel_scores
-    from yoloprune.models import load_model
+    from yoloprune.pruning.importance import channel_scores
     from yoloprune.train.batches import detection_loss, labelled_batches
 
     teacher, _, _ = pair

@@ -86,7 +86,7 @@ def test_a_file_that_appears_while_writing_is_kept(tmp_path, monkeypatch, hard_l
 
 def test_the_second_of_two_commands_writing_one_output_fails(tmp_path, monkeypatch, capsys):
     out = tmp_path / "p.pt"
-    module = importlib.import_module("yoloprune.prune")
+    module = importlib.import_module("yoloprune.pruning.run")
     real = module.prune
 
     def racing(*args, **kwargs):

@@ -14,7 +14,7 @@ from yoloprune.adapters import Loaded
 from yoloprune.adapters.ultralytics import from_config, save
 from yoloprune.cli import main
 from yoloprune.data import synthesize
-from yoloprune.recipe import RecipeError, load_recipe
+from yoloprune.workflows.recipe import RecipeError, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 

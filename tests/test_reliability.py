@@ -23,7 +23,7 @@ from yoloprune.cli import main
 from yoloprune.data import synthesize
 from yoloprune.io import UntrustedCheckpoint, load_checkpoint
 from yoloprune.options import parse_assignment, parse_fractions
-from yoloprune.recipe import SCHEMA, RecipeError, load_recipe
+from yoloprune.workflows.recipe import SCHEMA, RecipeError, load_recipe
 
 HERE = Path(__file__).parent
 

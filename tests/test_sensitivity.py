@@ -12,7 +12,7 @@ from yoloprune.adapters import Loaded
 from yoloprune.adapters.ultralytics import from_config, save
 from yoloprune.cli import main
 from yoloprune.data import synthesize
-from yoloprune.sensitivity import Row, allocate
+from yoloprune.workflows.sensitivity import Row, allocate
 
 
 def test_allocate_spends_macs_where_mAP_is_cheapest():

@@ -7,7 +7,7 @@ from helpers import randomize
 from torch import nn
 
 from yoloprune.graph import build
-from yoloprune.sparsity import GroupLasso
+from yoloprune.pruning.sparsity import GroupLasso
 
 X = torch.randn(1, 3, 8, 8)
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import randomize
 
-from yoloprune import sweep as sweep_module
 from yoloprune.adapters import Loaded
 from yoloprune.adapters.ultralytics import from_config, save
 from yoloprune.cli import main
 from yoloprune.data import synthesize
+from yoloprune.workflows import sweep as sweep_module
 
 
 @pytest.fixture(scope="module")

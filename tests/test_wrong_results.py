@@ -17,16 +17,16 @@ from PIL import Image, ImageOps
 from torch import nn
 
 import yoloprune
-from yoloprune import sweep as sweep_module
 from yoloprune.adapters import resolve
 from yoloprune.adapters.ultralytics import from_config
 from yoloprune.cli import main
 from yoloprune.data import synthesize
 from yoloprune.data.datasets import load_detection_set
-from yoloprune.evaluate import Runner, evaluate
+from yoloprune.evaluate.coco import Runner, evaluate
 from yoloprune.images import Preprocess, image_size, read_image
-from yoloprune.sensitivity import write_ratios
 from yoloprune.train.batches import LabelledImages
+from yoloprune.workflows import sweep as sweep_module
+from yoloprune.workflows.sensitivity import write_ratios
 
 ORIENTATION = 0x0112
 # Stored pixels whose EXIF orientation shows them as the upright image (PIL's exif_transpose undoes these).

@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 import yoloprune
-from yoloprune.evaluate import evaluate
-from yoloprune.models import example_input, load_model, save_model
+from yoloprune.adapters import load_model, save_model
+from yoloprune.evaluate.coco import evaluate
+from yoloprune.images import example_input
 from yoloprune.train import finetune
 from yoloprune.train.batches import detection_loss, labelled_batches
 

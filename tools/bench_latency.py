@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 import yoloprune
-import yoloprune.counting
+import yoloprune.graph.counting
 from yoloprune.adapters.ultralytics import from_config
-from yoloprune.bench import onnx_latency
-from yoloprune.export import export_onnx
+from yoloprune.export.bench import onnx_latency
+from yoloprune.export.onnx import export_onnx
 
 
 def latency(model: torch.nn.Module, imgsz: int, threads: int, runs: int) -> float:
@@ -45,7 +45,7 @@ def main() -> int:
     for cfg in args.models:
         base = from_config(cfg).eval()
         base_ms = latency(base, args.imgsz, args.threads, args.runs)
-        macs = yoloprune.counting.count_macs(base, x)
+        macs = yoloprune.graph.counting.count_macs(base, x)
         params = sum(p.numel() for p in base.parameters())
         print(f"| {cfg} | 1.00 | - | {macs / 1e9:.2f} | {params / 1e6:.2f} | {base_ms:.1f} | 1.00 |", flush=True)
         for target in args.targets:

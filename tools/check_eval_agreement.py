@@ -21,7 +21,7 @@ def main() -> int:
 
     from ultralytics import YOLO
 
-    from yoloprune.evaluate import evaluate
+    from yoloprune.evaluate.coco import evaluate
 
     ours = evaluate(args.model, args.data, imgsz=args.imgsz, batch=args.batch)
     theirs = YOLO(args.model).val(

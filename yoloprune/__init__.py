@@ -1,22 +1,33 @@
-"""yoloprune: physically prune YOLO detectors on an exact channel-dependency graph."""
+"""yoloprune: physically prune YOLO detectors on an exact channel-dependency graph.
 
-import os
+Importing ``yoloprune`` loads nothing heavy and changes no environment variable: the names below are imported on
+first use. (The command line sets ``YOLO_OFFLINE=1`` for ultralytics; set it yourself in Python to keep ultralytics
+from reaching for the network.)
+"""
 
-os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: never reach for the network (YOLO_OFFLINE=0 to allow)
+from __future__ import annotations
 
-from . import graph
-from .graph.surgery import PruneError
-from .graph.tracer import TraceError
-from .models import load
-from .prune import PruneReport, prune
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "prune": "yoloprune.pruning.run",
+    "PruneReport": "yoloprune.pruning.run",
+    "load": "yoloprune.adapters",
+    "finetune": "yoloprune.train.recover",
+    "PruneError": "yoloprune.graph.surgery",
+    "TraceError": "yoloprune.graph.tracer",
+}
+_SUBPACKAGES = ("adapters", "data", "evaluate", "export", "graph", "pruning", "train", "workflows")
+
 __all__ = ["PruneError", "PruneReport", "TraceError", "__version__", "finetune", "graph", "load", "prune"]
 
 
-def __getattr__(name: str) -> object:  # lazy: fine-tuning imports ultralytics' trainer
-    if name == "finetune":
-        from .train import finetune
-
-        return finetune
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'yoloprune' has no attribute {name!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 import traceback
@@ -12,13 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__
-from .data.datasets import DatasetError
-from .export import ExportError
-from .graph import PruneError, TraceError
-from .importance import AGGREGATES, CRITERIA
+from yoloprune import __version__
+from yoloprune.options import AGGREGATES, CRITERIA
 
-USER_ERRORS = (FileNotFoundError, ValueError, TypeError, TraceError, PruneError, ExportError, DatasetError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input: printed as one line with exit status 2 (imported only once a command
+    runs, so ``--help`` and usage errors answer without loading torch)."""
+    from yoloprune.data.datasets import DatasetError
+    from yoloprune.export.onnx import ExportError
+    from yoloprune.graph import PruneError, TraceError
+
+    return (FileNotFoundError, ValueError, TypeError, TraceError, PruneError, ExportError, DatasetError)
 
 
 def _human(n: float) -> str:
@@ -29,9 +35,10 @@ def _human(n: float) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from .io import check_output
-    from .models import example_input, load_model, save_model
-    from .prune import prune
+    from yoloprune.adapters import load_model, save_model
+    from yoloprune.images import example_input
+    from yoloprune.io import check_output
+    from yoloprune.pruning.run import prune
 
     out = check_output(args.output, [args.model], args.overwrite)
     x = example_input(args.imgsz)
@@ -40,14 +47,14 @@ def _prune(args: argparse.Namespace) -> int:
     if (args.importance == "taylor" or args.finetune_epochs) and not args.data:
         raise ValueError("--importance taylor and --finetune-epochs need --data (a labelled data yaml)")
     if args.importance == "taylor":
-        from .train.batches import detection_loss, labelled_batches
+        from yoloprune.train.batches import detection_loss, labelled_batches
 
         taylor_loss = detection_loss(labelled_batches(args.data, args.imgsz))
     if args.finetune_epochs:
         between = _between_steps(loaded, args, out.parent / f"{out.stem}-steps")
     unit_ratios, units_by = None, "stage"
     if args.ratios_from:
-        from .sensitivity import read_ratios
+        from yoloprune.workflows.sensitivity import read_ratios
 
         chosen = read_ratios(args.ratios_from)
         unit_ratios, units_by = chosen["ratios"], chosen["by"]
@@ -113,10 +120,10 @@ def _prune(args: argparse.Namespace) -> int:
 def _between_steps(loaded, args: argparse.Namespace, folder: Path):
     """After each pruning step: a short fine-tune (distilling from the input checkpoint) and, with --max-drop, a
     stop when validation mAP50-95 fell more than that below the unpruned model's."""
-    from .evaluate import evaluate
-    from .io import load_checkpoint
-    from .models import save_model
-    from .train import finetune
+    from yoloprune.adapters import save_model
+    from yoloprune.evaluate.coco import evaluate
+    from yoloprune.io import load_checkpoint
+    from yoloprune.train import finetune
 
     teacher = args.model if Path(args.model).suffix == ".pt" else None
     base = evaluate(loaded.model, args.data, imgsz=args.imgsz).map50_95 if args.max_drop is not None else None
@@ -144,9 +151,9 @@ def _between_steps(loaded, args: argparse.Namespace, folder: Path):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import check_opset, export_onnx
-    from .io import check_output
-    from .models import load_model
+    from yoloprune.adapters import load_model
+    from yoloprune.export.onnx import check_opset, export_onnx
+    from yoloprune.io import check_output
 
     out = check_output(args.output, [args.model], args.overwrite)
     if args.int8 and not args.calib:
@@ -176,7 +183,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import bench
+    from yoloprune.export.bench import bench
 
     result = bench(args.model, imgsz=args.imgsz, threads=args.threads, runs=args.runs, warmup=args.warmup)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result)
@@ -184,8 +191,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from .io import folder_lock
-    from .train import finetune
+    from yoloprune.io import folder_lock
+    from yoloprune.train import finetune
 
     if not args.resume and args.model is None:
         raise ValueError("give MODEL (or --resume to continue the run in -o)")
@@ -221,7 +228,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from yoloprune.evaluate.coco import evaluate
 
     result = evaluate(
         args.model,
@@ -240,7 +247,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _settings(items: list[str]) -> dict:
     """``KEY=VALUE`` trainer settings (values parsed as yaml: numbers, booleans, strings)."""
-    from .options import parse_assignment
+    from yoloprune.options import parse_assignment
 
     out = {}
     for item in items:
@@ -250,9 +257,9 @@ def _settings(items: list[str]) -> dict:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .io import folder_lock
-    from .options import parse_fractions
-    from .sweep import sweep
+    from yoloprune.io import folder_lock
+    from yoloprune.options import parse_fractions
+    from yoloprune.workflows.sweep import sweep
 
     targets = parse_fractions(args.targets, "--targets")
     settings = _settings(args.train_set)
@@ -280,15 +287,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import demo
+    from yoloprune.workflows.demo import demo
 
     demo(args.output, quick=args.quick)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .io import folder_lock
-    from .recipe import load_recipe, run
+    from yoloprune.io import folder_lock
+    from yoloprune.workflows.recipe import load_recipe, run
 
     recipe = load_recipe(args.recipe, args.set)
     out = Path(args.output or f"runs/{recipe['name']}")
@@ -299,9 +306,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
-    from .io import folder_lock
-    from .options import parse_fractions
-    from .sensitivity import OUTPUTS, analyse, write_ratios
+    from yoloprune.io import folder_lock
+    from yoloprune.options import parse_fractions
+    from yoloprune.workflows.sensitivity import OUTPUTS, analyse, write_ratios
 
     ratios = tuple(parse_fractions(args.ratios, "--ratios"))
     if 1.0 in ratios:
@@ -331,7 +338,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .data import synthesize
+    from yoloprune.data import synthesize
 
     start = time.perf_counter()
     path = synthesize(
@@ -349,9 +356,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .adapters import resolve
-    from .graph import build
-    from .models import example_input, load_model
+    from yoloprune.adapters import load_model, resolve
+    from yoloprune.graph import build
+    from yoloprune.images import example_input
 
     loaded = load_model(args.model, args.family)
     target = resolve(loaded.model, family=loaded.family, prune_head=args.prune_head)
@@ -399,7 +406,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _imgsz(text: str) -> int:
     """A model's ``--imgsz``, checked while parsing: before any model is loaded or tensor allocated."""
-    from .images import check_imgsz
+    from yoloprune.options import check_imgsz
 
     try:
         value = int(text)
@@ -622,41 +629,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit status: user errors print one line and return 2, Ctrl-C prints one line and
-    returns 130 (outputs are written atomically, so an interrupted command leaves nothing half-written)."""
-    from .io import trusting
-    from .options import SETTINGS, check_numbers
-
+    returns 130 (outputs are written atomically, so an interrupted command leaves nothing half-written). Nothing is
+    downloaded: ``YOLO_OFFLINE=1`` is set for ultralytics unless the environment says otherwise."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (one line, status 2), --help, --version
         return int(exc.code or 0)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
     try:
-        if getattr(args, "repo", None):
-            from .adapters._upstream import use_repo
-
-            use_repo(args.repo)
-        check_numbers(**{name: value for name, value in vars(args).items() if name in SETTINGS})
-        with trusting(getattr(args, "trust", False)):
-            return args.func(args)
-    except USER_ERRORS as exc:
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"yoloprune {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except RecursionError:  # a crafted file nested thousands deep
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        print(f"yoloprune {args.command}: error: an input is nested too deeply to process", file=sys.stderr)
-        return 2
+        return _dispatch(args)
     except KeyboardInterrupt:
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        print(f"yoloprune {args.command}: interrupted", file=sys.stderr)
+        _failed(args, "interrupted")
         return 130
     except BrokenPipeError:  # output piped into head and the like
         sys.stderr.close()
         return 0
+    except RecursionError:  # a crafted file nested thousands deep
+        _failed(args, "error: an input is nested too deeply to process")
+        return 2
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
+        _failed(args, f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from yoloprune.io import trusting
+    from yoloprune.options import SETTINGS, check_numbers
+
+    if getattr(args, "repo", None):
+        from yoloprune.adapters.packages import use_repo
+
+        use_repo(args.repo)
+    check_numbers(**{name: value for name, value in vars(args).items() if name in SETTINGS})
+    with trusting(getattr(args, "trust", False)):
+        return args.func(args)
+
+
+def _failed(args: argparse.Namespace, what: str) -> None:
+    if getattr(args, "verbose", False):
+        traceback.print_exc()
+    print(f"yoloprune {args.command}: {what}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from yoloprune.options import MAX_IMGSZ, check_imgsz  # noqa: F401  (re-exported: sizes are checked in options)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 16384 * 16384  # 0.8 GB decoded: an image declaring more is a decompression bomb or a broken file
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 upright, 2-4 flips and a half turn, 5-8 swap width and height
@@ -25,17 +27,6 @@ class Preprocess:
     rgb: bool = True
     scale: float = 1 / 255
     fill: int = 114
-
-
-MAX_IMGSZ = 8192  # one 8192x8192 image is 0.8 GB in fp32 and its first feature maps several GB: larger is a typo
-
-
-def check_imgsz(imgsz: int, stride: int = 32) -> int:
-    """A positive multiple of the model's largest stride up to ``MAX_IMGSZ``, or a clear error (before anything is
-    allocated at that size)."""
-    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not stride <= imgsz <= MAX_IMGSZ or imgsz % stride:
-        raise ValueError(f"--imgsz must be a positive multiple of {stride} up to {MAX_IMGSZ}, got {imgsz}")
-    return imgsz
 
 
 def sample_image() -> Path:
@@ -150,3 +141,8 @@ def list_images(folder: str | Path) -> list[Path]:
     if not found:
         raise ValueError(f"no images in {folder}")
     return found
+
+
+def example_input(imgsz: int, batch: int = 1) -> torch.Tensor:
+    """A zero image batch at ``imgsz`` (the graph only needs shapes)."""
+    return torch.zeros(batch, 3, check_imgsz(imgsz), check_imgsz(imgsz))

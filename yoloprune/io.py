@@ -72,7 +72,7 @@ def load_checkpoint(
     (``{"models": "yolov5.models"}``); ``packages`` adds module roots whose model modules may be named (a clone's
     ``models``, given with ``--repo``); ``pickle_module`` is what a trusted load unpickles with.
     """
-    from .unpickle import ForbiddenGlobal, Policy, torch_load
+    from yoloprune.unpickle import ForbiddenGlobal, Policy, torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -99,7 +99,7 @@ def load_data(path: str | Path) -> dict[str, Any]:
     """Load only the tensors and plain data of a checkpoint: every other object becomes an inert
     ``yoloprune.unpickle.Opaque``, so no class named in the file is created or imported and no upstream package is
     needed."""
-    from .unpickle import ForbiddenGlobal, torch_load
+    from yoloprune.unpickle import ForbiddenGlobal, torch_load
 
     path = Path(path)
     if not path.is_file():

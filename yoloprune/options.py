@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+CRITERIA = ("l2", "l1", "bn", "taylor", "random")  # channel importance criteria (pruning.importance)
+AGGREGATES = ("mean", "sum", "max")  # how a group combines its layers' scores
+
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -96,3 +99,14 @@ def parse_fractions(text: str, flag: str) -> list[float]:
     if not values:
         raise ValueError(f"{flag} needs at least one fraction, e.g. 0.75,0.5")
     return values
+
+
+MAX_IMGSZ = 8192  # one 8192x8192 image is 0.8 GB in fp32 and its first feature maps several GB: larger is a typo
+
+
+def check_imgsz(imgsz: int, stride: int = 32) -> int:
+    """A positive multiple of the model's largest stride up to ``MAX_IMGSZ``, or a clear error (before anything is
+    allocated at that size)."""
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not stride <= imgsz <= MAX_IMGSZ or imgsz % stride:
+        raise ValueError(f"--imgsz must be a positive multiple of {stride} up to {MAX_IMGSZ}, got {imgsz}")
+    return imgsz

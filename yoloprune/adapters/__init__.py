@@ -1,7 +1,12 @@
-"""Family adapters: recognise a model's family from its classes and describe what the graph needs to know.
+"""Family adapters: everything yoloprune knows about YOLOv5, YOLOv7, ultralytics and YOLOX, behind one interface.
 
-Each adapter module exposes ``matches(model) -> bool`` and ``target(model, prune_head) -> Target``. Adapters import
-their upstream package lazily; the graph never imports an adapter.
+Each family is a module (``yoloprune.adapters.<family>``) that implements ``Adapter`` in full; ``adapter(family)`` is
+the registry. Callers never probe an adapter with ``hasattr`` and never import a family module or a private helper:
+they go through ``adapter``, ``resolve``, ``load_model``, ``save_model`` and ``load``. Adapters import their upstream
+package lazily (``packages.require`` names the extra to install); the graph never imports an adapter.
+
+To add a family: write ``adapters/<family>.py`` implementing every member of ``Adapter``, add its name to
+``FAMILIES``, and teach ``detect.guess_family`` to recognise its files.
 """
 
 from __future__ import annotations
@@ -9,13 +14,17 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, cast
 
+import torch
 from torch import nn
 
-from ..graph.registry import Policy
+from yoloprune.graph.registry import Policy
+from yoloprune.images import Preprocess
 
 FAMILIES = ("ultralytics", "yolov5", "yolov7", "yolox")
+CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -45,6 +54,118 @@ class Loaded:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+class Adapter(Protocol):
+    """What a family provides. Every family module implements all of it (``tests/test_layout.py`` checks)."""
+
+    FAMILY: str
+    PREPROCESS: Preprocess  # how images become inputs (channel order, scale, letterbox fill)
+    FIXED_PARAMETERS: tuple[str, ...]  # name fragments of parameters that are never trained
+
+    def matches(self, model: Any) -> bool:
+        """Whether ``model`` is this family's network (or a wrapper of it)."""
+
+    def target(self, model: Any, prune_head: bool = False) -> Target:
+        """What the graph needs: the network, the outputs that stay intact, module policies, protected modules."""
+
+    def from_config(self, spec: Any) -> nn.Module:
+        """A network with random weights from a config name, path or dict (checked before any parser sees it)."""
+
+    def load(self, spec: str) -> Loaded:
+        """A network from a config or a checkpoint (read through ``yoloprune.io``), with what ``save`` needs."""
+
+    def save(self, loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
+        """Write the family's own checkpoint format, with yoloprune's ``section`` (plan, config, state_dict)."""
+
+    def rebuild(self, section: dict[str, Any]) -> nn.Module:
+        """The pruned network from yoloprune's section: config, plan replayed, weights; no pickled object used."""
+
+    def export_module(self, net: nn.Module, dynamic: bool = False) -> nn.Module:
+        """A copy of ``net`` in the family's export mode (fused, heads returning predictions only)."""
+
+    def export_metadata(self, net: nn.Module, imgsz: int) -> dict[str, Any]:
+        """ONNX metadata in the keys the family's runtimes read."""
+
+    def nms_layout(self, net: nn.Module) -> tuple[str, int]:
+        """How export-mode predictions are laid out (``xywh-class``, ``xywh-obj-class``, ``end2end``) and nc."""
+
+    def train_loss(self, net: nn.Module, imgsz: int) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        """The family's detection loss for yoloprune's own training loop (refused where the family trains with
+        its own trainer)."""
+
+    def raw_outputs(self, out: Any) -> list[torch.Tensor] | None:
+        """The raw head maps to distil from, when the decoded predictions are written in place; else None."""
+
+
+class _Generic:
+    """The adapter of a network no family recognises: prunable and exportable, no detection layout."""
+
+    FAMILY = "generic"
+    PREPROCESS = Preprocess()
+    FIXED_PARAMETERS: tuple[str, ...] = ()
+
+    @staticmethod
+    def matches(model: Any) -> bool:
+        return isinstance(model, nn.Module)
+
+    @staticmethod
+    def target(model: Any, prune_head: bool = False) -> Target:
+        return Target("generic", model)
+
+    @staticmethod
+    def _no_family(what: str) -> ValueError:
+        return ValueError(f"{what} needs a detection family; this model's family is not recognised")
+
+    @classmethod
+    def from_config(cls, spec: Any) -> nn.Module:
+        raise cls._no_family("building from a config")
+
+    @classmethod
+    def load(cls, spec: str) -> Loaded:
+        raise cls._no_family("loading")
+
+    @classmethod
+    def save(cls, loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
+        raise cls._no_family("saving a checkpoint")
+
+    @classmethod
+    def rebuild(cls, section: dict[str, Any]) -> nn.Module:
+        raise cls._no_family("rebuilding")
+
+    @staticmethod
+    def export_module(net: nn.Module, dynamic: bool = False) -> nn.Module:
+        import copy
+
+        return copy.deepcopy(net).float().eval()
+
+    @staticmethod
+    def export_metadata(net: nn.Module, imgsz: int) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def nms_layout(cls, net: nn.Module) -> tuple[str, int]:
+        raise cls._no_family("an output layout (NMS, evaluation)")
+
+    @classmethod
+    def train_loss(cls, net: nn.Module, imgsz: int) -> Any:
+        raise cls._no_family("training with labels")
+
+    @staticmethod
+    def raw_outputs(out: Any) -> list[torch.Tensor] | None:
+        return None
+
+
+GENERIC: Adapter = cast(Adapter, _Generic)
+
+
+def adapter(family: str) -> Adapter:
+    """The adapter of ``family`` (one of ``FAMILIES``, or ``generic``); imports that family module only."""
+    if family == "generic":
+        return GENERIC
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join((*FAMILIES, 'generic'))}")
+    return cast(Adapter, importlib.import_module(f"{__name__}.{family}"))
+
+
 def section_family(section: Mapping[str, Any], path: Any) -> str:
     """The family yoloprune's section of the checkpoint ``path`` names; a clear error when it is none yoloprune has
     (the name picks the module that reads the file, so nothing else may pass)."""
@@ -54,10 +175,6 @@ def section_family(section: Mapping[str, Any], path: Any) -> str:
     return family
 
 
-def _adapter(name: str) -> Any:
-    return importlib.import_module(f"{__name__}.{name}")
-
-
 def unwrap(model: Any) -> Any:
     """The network inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (any other object as it is)."""
     while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -65,20 +182,78 @@ def unwrap(model: Any) -> Any:
     return model
 
 
-def resolve(model: Any, family: str | None = None, prune_head: bool = False) -> Target:
-    """The ``Target`` for ``model`` (unwrapped from DataParallel/DDP): its family's adapter when one recognises it, a
-    plain module otherwise."""
+def family_of_model(model: Any) -> str:
+    """The family whose adapter recognises ``model`` (unwrapped), else ``generic``."""
     model = unwrap(model)
-    if family is not None:
-        if family == "generic":
-            return Target("generic", model)
-        if family not in FAMILIES:
-            raise ValueError(f"unknown family {family!r}; choose one of {', '.join((*FAMILIES, 'generic'))}")
-        return _adapter(family).target(model, prune_head)
     for name in FAMILIES:
-        adapter = _adapter(name)
-        if adapter.matches(model):
-            return adapter.target(model, prune_head)
+        if adapter(name).matches(model):
+            return name
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    return Target("generic", model)
+    return "generic"
+
+
+def resolve(model: Any, family: str | None = None, prune_head: bool = False) -> Target:
+    """The ``Target`` for ``model`` (unwrapped from DataParallel/DDP): its family's adapter when one recognises it
+    (or ``family``'s), a plain module otherwise."""
+    model = unwrap(model)
+    return adapter(family or family_of_model(model)).target(model, prune_head)
+
+
+# ----------------------------------------------------------------------------------------- models by name and file
+def load_model(spec: str, family: str | None = None) -> Loaded:
+    """A model from a config name/path or a checkpoint file, with its family: ``family`` when given, else what the
+    file contains (the classes a checkpoint names, the modules a local config lists, a YOLOX zoo name such as
+    ``yolox-s``). Config names that are not files (``yolov8n.yaml``, ``yolov5s.yaml``) mean ultralytics' configs
+    unless ``family`` says otherwise."""
+    from yoloprune.adapters.detect import guess_family
+
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family {family!r} cannot be loaded; choose one of {', '.join(FAMILIES)}")
+    family = family or guess_family(spec) or "ultralytics"
+    if family == "ultralytics":
+        path = Path(spec)
+        if path.suffix not in CONFIG_SUFFIXES and not path.exists():
+            raise FileNotFoundError(f"no such model: {spec}")
+        if path.suffix not in (*CONFIG_SUFFIXES, ".pt", ".pth"):
+            raise ValueError(f"cannot load {spec}: expected a model config (.yaml) or a checkpoint (.pt)")
+    return adapter(family).load(spec)
+
+
+def save_model(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write ``loaded.model`` in its family's own checkpoint format, with yoloprune's ``section``; an existing
+    ``path`` is replaced only with ``overwrite``."""
+    return adapter(loaded.family).save(loaded, path, section, overwrite)
+
+
+def load(path: str | Path) -> nn.Module:
+    """Rebuild a pruned model from a checkpoint yoloprune wrote: the original config (checked), the pruning plan
+    replayed onto it, and the saved weights. Only tensors and plain data are read from the file; no pickled object
+    is created."""
+    from yoloprune.images import check_imgsz
+    from yoloprune.io import load_data
+
+    data = load_data(path)
+    section = data.get("yoloprune")
+    if not isinstance(section, dict) or "plan" not in section:
+        raise ValueError(f"{path} was not written by yoloprune (no pruning plan in it)")
+    family = section_family(section, path)
+    check_imgsz(section.get("imgsz", 640))  # a crafted size must be refused before anything is allocated at it
+    return adapter(family).rebuild(section)
+
+
+__all__ = [
+    "FAMILIES",
+    "GENERIC",
+    "Adapter",
+    "Loaded",
+    "Target",
+    "adapter",
+    "family_of_model",
+    "load",
+    "load_model",
+    "resolve",
+    "save_model",
+    "section_family",
+    "unwrap",
+]

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..unpickle import literal_call
+from yoloprune.unpickle import literal_call
 
 
 class ConfigError(ValueError):

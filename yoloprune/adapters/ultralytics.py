@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph.registry import FixupContext, Policy
-from ..images import Preprocess
-from ..io import load_checkpoint, save_atomic
-from . import Loaded, Target
-from .config_check import check_ultralytics
+from yoloprune.adapters import Loaded, Target
+from yoloprune.adapters.config_check import check_ultralytics
+from yoloprune.graph.registry import FixupContext, Policy
+from yoloprune.images import Preprocess
+from yoloprune.io import load_checkpoint, save_atomic
 
 
 def _half_of_cv1(module: nn.Module, context: FixupContext) -> None:
@@ -43,6 +43,7 @@ POLICIES: dict[Any, Policy] = {
 }
 
 FIXED_PARAMETERS = (".dfl.",)  # the DFL projection is a fixed arange, never trained
+FAMILY = "ultralytics"
 PREPROCESS = Preprocess(rgb=True, scale=1 / 255, fill=114)  # letterboxed RGB in [0, 1]
 HEADS = ("Detect", "Segment", "Pose", "OBB", "Classify", "v10Detect", "WorldDetect", "YOLOEDetect", "RTDETRDecoder")
 
@@ -200,7 +201,7 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: b
 def rebuild(section: dict[str, Any]) -> nn.Module:
     """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it, the
     saved state_dict loaded strictly. No pickled module is used."""
-    from ..plan import rebuild as replay_section
+    from yoloprune.graph.plan import rebuild as replay_section
 
     net, _ = replay_section(section, from_config, target)
     net.names = section.get("names") or getattr(net, "names", None)
@@ -246,3 +247,13 @@ def nms_layout(net: nn.Module) -> tuple[str, int]:
     if getattr(head, "end2end", False):
         return "end2end", int(head.nc)
     return "xywh-class", int(head.nc)
+
+
+def raw_outputs(out: Any) -> None:
+    """Decoded predictions are not written in place here: distillation reads them, not raw maps."""
+    return None
+
+
+def train_loss(net: nn.Module, imgsz: int) -> Any:
+    """ultralytics models train with ultralytics' own trainer (``yoloprune.finetune``), not yoloprune's loop."""
+    raise ValueError("ultralytics models train with their own trainer: use yoloprune.finetune")

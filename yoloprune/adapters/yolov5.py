@@ -16,28 +16,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph.registry import Policy
-from ..images import Preprocess
-from . import Loaded, Target
-from ._upstream import (
+from yoloprune.adapters import Loaded, Target
+from yoloprune.adapters._anchor import (
     anchor_checkpoint,
     anchor_loss,
     anchor_metadata,
     anchor_nms_layout,
     anchor_rebuild,
-    class_names,
-    family_of,
-    quiet,
     raw_maps,
     read_anchor_checkpoint,
-    require,
-    source,
 )
-from .config_check import ConfigError, check_anchor
+from yoloprune.adapters.config_check import ConfigError, check_anchor
+from yoloprune.adapters.detect import class_names, family_of
+from yoloprune.adapters.packages import quiet, require, source
+from yoloprune.graph.registry import Policy
+from yoloprune.images import Preprocess
 
 PACKAGE = "yolov5"
 INSTALL = "pip install 'yoloprune[yolov5]'"
 POLICIES: dict[Any, Policy] = {}
+FAMILY = "yolov5"
+FIXED_PARAMETERS: tuple[str, ...] = ()
 PREPROCESS = Preprocess(rgb=True, scale=1 / 255, fill=114)  # letterboxed RGB in [0, 1]
 PLAN_KEY = "yoloprune"  # in model.yaml: the composed plan, ignored by YOLOv5's own parser
 HEADS = ("Detect", "Segment")

@@ -17,30 +17,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph.registry import FixupContext, Policy
-from ..images import Preprocess
-from . import Loaded, Target
-from ._upstream import (
+from yoloprune.adapters import Loaded, Target
+from yoloprune.adapters._anchor import (
     anchor_checkpoint,
     anchor_loss,
     anchor_metadata,
     anchor_nms_layout,
     anchor_rebuild,
-    class_names,
-    family_of,
-    quiet,
     raw_maps,
     read_anchor_checkpoint,
-    require,
-    source,
 )
-from .config_check import ConfigError, check_anchor
+from yoloprune.adapters.config_check import ConfigError, check_anchor
+from yoloprune.adapters.detect import class_names, family_of
+from yoloprune.adapters.packages import quiet, require, source
+from yoloprune.graph.registry import FixupContext, Policy
+from yoloprune.images import Preprocess
 
 PACKAGE = "yolov7"
 INSTALL = "pip install 'yoloprune[yolov7]' && pip install --no-deps yolov7detect"
 PLAN_KEY = "yoloprune"  # in model.yaml: the composed plan, ignored by YOLOv7's own parser
 HEADS = ("Detect", "IDetect", "IAuxDetect", "IBin", "IKeypoint")
 LOGGERS = ("yolov7", "yolov7.models", "yolov7.utils", "models", "utils")
+FAMILY = "yolov7"
+FIXED_PARAMETERS: tuple[str, ...] = ()
 PREPROCESS = Preprocess(rgb=True, scale=1 / 255, fill=114)  # letterboxed RGB in [0, 1]
 
 

@@ -17,37 +17,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph.registry import Policy
-from ..images import Preprocess
-from ..io import load_data, save_atomic
-from . import Loaded, Target
-from ._upstream import YOLOX_KEYS, YOLOX_MODELS, MissingPackage, names_dict, require
-from .config_check import check_yolox
+from yoloprune.adapters import Loaded, Target
+from yoloprune.adapters.checkpoint import names_dict
+from yoloprune.adapters.config_check import check_yolox
+from yoloprune.adapters.detect import YOLOX_KEYS, YOLOX_MODELS, YOLOX_ZOO, yolox_name
+from yoloprune.adapters.packages import MissingPackage, require
+from yoloprune.graph.registry import Policy
+from yoloprune.images import Preprocess
+from yoloprune.io import load_data, save_atomic
 
 INSTALL = "pip install 'yoloprune[yolox]'"
 PLAN_KEY = "yoloprune"  # the attribute (a plain dict: config and plan) the network carries, and the file's section
 POLICIES: dict[Any, Policy] = {}
 # YOLOX's own evaluation feeds cv2 images as read: BGR, 0..255, padded with 114 (pixeltable-yolox's PIL helper
 # feeds RGB, which does not match how the released weights were trained).
+FAMILY = "yolox"
+FIXED_PARAMETERS: tuple[str, ...] = ()
 PREPROCESS = Preprocess(rgb=False, scale=1.0, fill=114)
-# The model zoo's scales: (depth, width, depthwise).
-NAMED = {
-    "yolox_nano": (0.33, 0.25, True),
-    "yolox_tiny": (0.33, 0.375, False),
-    "yolox_s": (0.33, 0.50, False),
-    "yolox_m": (0.67, 0.75, False),
-    "yolox_l": (1.0, 1.0, False),
-    "yolox_x": (1.33, 1.25, False),
-}
 IN_CHANNELS = [256, 512, 1024]
 BACKBONES = ("YOLOPAFPN", "YoloPafpn")
 HEADS = ("YOLOXHead", "YoloxHead")
-
-
-def named(spec: str) -> str | None:
-    """The zoo name a spec means (``yolox-s``, ``yolox_s``, ``yolox-nano``...), or None."""
-    key = Path(spec).name.lower().replace("-", "_")
-    return key if key in NAMED else None
 
 
 def _network(model: Any) -> Any:
@@ -108,7 +97,7 @@ def _classes() -> tuple[type, type, type]:
 
 
 def config_for(name: str, num_classes: int = 80) -> dict[str, Any]:
-    depth, width, depthwise = NAMED[name]
+    depth, width, depthwise = YOLOX_ZOO[name]
     return {
         "name": name,
         "num_classes": num_classes,
@@ -141,9 +130,10 @@ def from_config(spec: str | dict[str, Any]) -> nn.Module:
     """A network with random weights from a zoo name (``yolox-s``) or a config dict."""
     if isinstance(spec, dict):
         return build(spec)
-    name = named(spec)
+    name = yolox_name(spec)
     if name is None:
-        raise FileNotFoundError(f"no such YOLOX model: {spec} (known: {', '.join(n.replace('_', '-') for n in NAMED)})")
+        known = ", ".join(n.replace("_", "-") for n in YOLOX_ZOO)
+        raise FileNotFoundError(f"no such YOLOX model: {spec} (known: {known})")
     return build(config_for(name))
 
 
@@ -157,7 +147,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> dict[str, Any] | None:
     depthwise = any(".dconv." in k for k in shapes)
     base = shapes["backbone.backbone.stem.conv.conv.weight"][0]
     depth = len({k.split(".")[5] for k in shapes if k.startswith("backbone.backbone.dark2.1.m.")})
-    candidates = [config_for(n, num_classes) for n, (_, _, dw) in NAMED.items() if dw == depthwise]
+    candidates = [config_for(n, num_classes) for n, (_, _, dw) in YOLOX_ZOO.items() if dw == depthwise]
     for width in {base / 64, shapes["head.stems.0.conv.weight"][0] / 256}:
         candidates.append(
             {"name": "custom", "num_classes": num_classes, "depth": depth / 3, "width": width, "depthwise": depthwise}
@@ -175,7 +165,7 @@ def load(spec: str) -> Loaded:
     """A YOLOX network from a zoo name (random weights), a checkpoint of YOLOX's trainer or a plain state_dict (its
     config read off the shapes), or a checkpoint yoloprune wrote (rebuilt from its plan). Only tensors and plain
     data are read from files."""
-    if named(spec) is not None and not Path(spec).is_file():
+    if yolox_name(spec) is not None and not Path(spec).is_file():
         net = from_config(spec)
         return Loaded(net, "yolox", spec, {})
     data = load_data(spec)
@@ -221,7 +211,7 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: b
 def rebuild(section: dict[str, Any]) -> nn.Module:
     """The pruned network from yoloprune's section: the config, the plan replayed onto it (traced with decoding off,
     which changes no channel), the saved state_dict loaded strictly."""
-    from ..plan import rebuild as replay_section
+    from yoloprune.graph.plan import rebuild as replay_section
 
     def unpruned(config: Any) -> nn.Module:
         net = build(config)
@@ -288,3 +278,8 @@ def train_loss(net: nn.Module, imgsz: int) -> Any:
         return model(images, targets.to(images.device))["total_loss"]
 
     return loss
+
+
+def raw_outputs(out: Any) -> None:
+    """Decoded predictions are not written in place here: distillation reads them, not raw maps."""
+    return None

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..images import IMAGE_SUFFIXES, image_size
+from yoloprune.images import IMAGE_SUFFIXES, image_size
 
 
 class DatasetError(ValueError):

@@ -1,10 +1,10 @@
 """Model-agnostic channel-dependency graph: trace, couple, remove. Knows nothing of YOLO."""
 
-from .check import max_relative_difference, zero_producers
-from .graph import Graph, Group, build
-from .registry import FixupContext, Policy
-from .surgery import PruneError, Removal, remove_channels
-from .tracer import TraceError
+from yoloprune.graph.check import max_relative_difference, zero_producers
+from yoloprune.graph.graph import Graph, Group, build
+from yoloprune.graph.registry import FixupContext, Policy
+from yoloprune.graph.surgery import PruneError, Removal, remove_channels
+from yoloprune.graph.tracer import TraceError
 
 __all__ = [
     "FixupContext",

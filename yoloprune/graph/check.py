@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .surgery import Removal, _tensor
-from .tracer import OutputSelector, _as_call_args, tensors_in
+from yoloprune.graph.surgery import Removal, _tensor
+from yoloprune.graph.tracer import OutputSelector, _as_call_args, tensors_in
 
 
 def zero_producers(model: nn.Module, removal: Removal) -> None:

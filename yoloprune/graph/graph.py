@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .registry import Policy
-from .slots import Event
-from .tracer import Member, OutputSelector, Trace, TraceError, trace
+from yoloprune.graph.registry import Policy
+from yoloprune.graph.slots import Event
+from yoloprune.graph.tracer import Member, OutputSelector, Trace, TraceError, trace
 
 
 @dataclass

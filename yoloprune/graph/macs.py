@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .nest import map_tensors, tensors_in
+from yoloprune.graph.nest import map_tensors, tensors_in
 
 
 def _conv(args: tuple, kwargs: dict, out: Any) -> int:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .macs import MacCounter
-from .tracer import _as_call_args, _map_tensors, meta_copy
+from yoloprune.graph.macs import MacCounter
+from yoloprune.graph.tracer import _as_call_args, _map_tensors, meta_copy
 
 
 @dataclass

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import Graph
-from .registry import FixupContext, policy_for
+from yoloprune.graph.graph import Graph
+from yoloprune.graph.registry import FixupContext, policy_for
 
 
 class PruneError(ValueError):

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from .macs import COUNTERS, meta_args, op_macs
-from .nest import map_tensors as _map_tensors
-from .nest import tensors_in
-from .registry import Policy, policy_for
-from .slots import Labels, Slots, spread, uniform
+from yoloprune.graph.macs import COUNTERS, meta_args, op_macs
+from yoloprune.graph.nest import map_tensors as _map_tensors
+from yoloprune.graph.nest import tensors_in
+from yoloprune.graph.registry import Policy, policy_for
+from yoloprune.graph.slots import Labels, Slots, spread, uniform
 
 OutputSelector = Callable[[Any], Any]
 
@@ -131,7 +131,7 @@ class Tracer(TorchFunctionMode):
         super().__init__()
         self.frozen_io = set(frozen_io)
         self._keep: list[torch.Tensor] = []
-        from .ops import HANDLERS, SKIP
+        from yoloprune.graph.ops import HANDLERS, SKIP
 
         self.handlers = HANDLERS
         self.skip = SKIP

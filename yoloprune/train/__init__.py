@@ -1,5 +1,5 @@
 """Recovering accuracy after pruning: fine-tuning with distillation (ultralytics trainer, or a distillation loop)."""
 
-from .finetune import FinetuneResult, finetune
+from yoloprune.train.recover import FinetuneResult, finetune
 
 __all__ = ["FinetuneResult", "finetune"]

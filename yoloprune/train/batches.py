@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.datasets import load_detection_set
-from ..images import Preprocess, letterbox, read_image, to_tensor
+from yoloprune.data.datasets import load_detection_set
+from yoloprune.images import Preprocess, letterbox, read_image, to_tensor
 
 
 class LabelledImages(Dataset):

@@ -21,8 +21,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..images import Preprocess, check_imgsz, letterbox, list_images, read_image, to_tensor
-from .kd import anchor_kd, decoded_kd
+from yoloprune.images import Preprocess, check_imgsz, letterbox, list_images, read_image, to_tensor
+from yoloprune.train.kd import anchor_kd, decoded_kd
 
 
 class ImageFolder(Dataset):
@@ -91,24 +91,25 @@ def distill(
     family: str | None = None,
 ) -> DistillResult:
     """Train ``student`` (in place) to match ``teacher``'s decoded predictions on the images in ``images``."""
-    from ..adapters import _adapter, resolve
+    from yoloprune.adapters import adapter as family_adapter
+    from yoloprune.adapters import resolve
 
     check_imgsz(imgsz)
     start = time.perf_counter()
     torch.manual_seed(seed)
     world = _world()[1]
     s_target, t_target = resolve(student, family, prune_head=True), resolve(teacher, family, prune_head=True)
-    adapter = _adapter(s_target.family)
+    adapter = family_adapter(s_target.family)
     layout, nc = adapter.nms_layout(s_target.module)
     net, ref = s_target.module.to(device), t_target.module.to(device).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    fixed = tuple(getattr(adapter, "FIXED_PARAMETERS", ()))
+    fixed = adapter.FIXED_PARAMETERS
     for name, p in net.named_parameters():
         p.requires_grad_(not any(part in name for part in fixed))
     net.eval()  # norm statistics stay as they are; weights learn
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
-    data = ImageFolder(images, imgsz, getattr(adapter, "PREPROCESS", Preprocess()))
+    data = ImageFolder(images, imgsz, adapter.PREPROCESS)
     loader, sampler = _loader(data, batch, workers, seed)
     total = max(1, epochs * len(loader)) if max_steps is None else max_steps
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
@@ -161,20 +162,19 @@ def fit(
 
     After every epoch rank 0 calls ``on_epoch_end(epoch, state)`` with the model, optimizer and schedule state;
     passing that ``state`` back as ``resume_state`` continues training from the epoch after it."""
-    from ..adapters import _adapter, resolve
-    from .batches import LabelledImages, collate
+    from yoloprune.adapters import adapter as family_adapter
+    from yoloprune.adapters import resolve
+    from yoloprune.train.batches import LabelledImages, collate
 
     check_imgsz(imgsz)
     start = time.perf_counter()
     torch.manual_seed(seed)
     rank, world = _world()
     target = resolve(student, family, prune_head=True)
-    adapter = _adapter(target.family)
-    if not hasattr(adapter, "train_loss"):
-        raise ValueError(f"{target.family} models train with their own trainer: use yoloprune.finetune")
+    adapter = family_adapter(target.family)
     net = target.module.to(device)
     loss_fn = adapter.train_loss(net, imgsz)
-    data_set = LabelledImages(data, "train", imgsz, getattr(adapter, "PREPROCESS", Preprocess()), flip=True)
+    data_set = LabelledImages(data, "train", imgsz, adapter.PREPROCESS, flip=True)
     loader, sampler = _loader(data_set, batch, workers, seed, collate)
     ref = None
     if teacher is not None:
@@ -182,7 +182,7 @@ def fit(
         ref = t_target.module.to(device).eval()
         layout, nc = adapter.nms_layout(net)
         select_s, select_t = target.outputs or (lambda o: o), t_target.outputs or (lambda o: o)
-    fixed = tuple(getattr(adapter, "FIXED_PARAMETERS", ()))
+    fixed = adapter.FIXED_PARAMETERS
     params = [p for name, p in net.named_parameters() if not any(part in name for part in fixed)]
     for p in net.parameters():
         p.requires_grad_(False)
@@ -211,10 +211,12 @@ def fit(
                 with torch.no_grad():
                     reference = ref(item["img"])
                 net.eval()
-                if hasattr(adapter, "raw_outputs"):  # anchor heads decode in place: distil their raw maps
-                    kd = anchor_kd(adapter.raw_outputs(net(item["img"])), adapter.raw_outputs(reference))
+                out = net(item["img"])
+                raw = adapter.raw_outputs(out)
+                if raw is not None:  # anchor heads decode in place: distil their raw maps
+                    kd = anchor_kd(raw, adapter.raw_outputs(reference))
                 else:
-                    kd = decoded_kd(_first(select_s(net(item["img"]))), _first(select_t(reference)), layout, nc, imgsz)
+                    kd = decoded_kd(_first(select_s(out)), _first(select_t(reference)), layout, nc, imgsz)
                 loss = loss + kd_weight * kd * item["img"].shape[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -237,7 +239,7 @@ def fit(
 
 
 def _first(out: Any) -> torch.Tensor:
-    from ..graph.tracer import tensors_in
+    from yoloprune.graph.tracer import tensors_in
 
     return tensors_in(out)[0]
 
@@ -247,8 +249,8 @@ def main() -> int:
     distil across processes (gloo on CPU, nccl on GPUs); rank 0 writes OUT in the student's family format."""
     import sys
 
-    from ..io import check_output
-    from ..models import load_model, save_model
+    from yoloprune.adapters import load_model, save_model
+    from yoloprune.io import check_output
 
     student_path, teacher_path, images, out, *rest = sys.argv[1:]
     check_output(out, [student_path, teacher_path])

@@ -25,9 +25,9 @@ from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ..data.datasets import DatasetError
-from .kd import head_kd
-from .label_cache import label_cache_in
+from yoloprune.data.datasets import DatasetError
+from yoloprune.train.kd import head_kd
+from yoloprune.train.label_cache import label_cache_in
 
 TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV = "YOLOPRUNE_TEACHER", "YOLOPRUNE_KD_WEIGHT", "YOLOPRUNE_SPARSITY"
 SPARSITY_KIND_ENV = "YOLOPRUNE_SPARSITY_KIND"  # "bn" (network slimming) or "group" (group lasso)
@@ -58,7 +58,7 @@ def read_checkpoint(weight: str | Path, device: Any = None, *_: Any, **__: Any) 
     through yoloprune's restricted loader."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    from ..io import load_checkpoint
+    from yoloprune.io import load_checkpoint
 
     ckpt = load_checkpoint(weight)
     net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
@@ -91,7 +91,7 @@ def _restricted_reads() -> Iterator[None]:
 
 
 def load_teacher(path: str, device: torch.device) -> nn.Module:
-    from ..io import load_checkpoint
+    from yoloprune.io import load_checkpoint
 
     ckpt = load_checkpoint(path)
     net = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
@@ -178,10 +178,10 @@ class PrunedDetectionTrainer(DetectionTrainer):
 
 def group_lasso(net: nn.Module, imgsz: int) -> Any:
     """A ``GroupLasso`` over ``net``'s prunable channels (first layer and head protected, as ``prune`` does)."""
-    from ..adapters import resolve
-    from ..graph import build
-    from ..prune import first_layer
-    from ..sparsity import GroupLasso
+    from yoloprune.adapters import resolve
+    from yoloprune.graph import build
+    from yoloprune.pruning.run import first_layer
+    from yoloprune.pruning.sparsity import GroupLasso
 
     training = net.training
     try:

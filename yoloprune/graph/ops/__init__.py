@@ -8,7 +8,7 @@ consistent is frozen with a reason; operations missing from the table freeze wha
 errors unless those channels are frozen anyway.
 """
 
-from . import layers, pointwise, shapes
-from .base import HANDLERS, SKIP
+from yoloprune.graph.ops import layers, pointwise, shapes
+from yoloprune.graph.ops.base import HANDLERS, SKIP
 
 __all__ = ["HANDLERS", "SKIP", "layers", "pointwise", "shapes"]

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..slots import Labels
-from ..tracer import Call, Tracer, tensors_in
+from yoloprune.graph.slots import Labels
+from yoloprune.graph.tracer import Call, Tracer, tensors_in
 
 Handler = Callable[[Tracer, Call], None]
 HANDLERS: dict[Any, Handler | object] = {}

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..slots import along, first, spread, uniform, vary_dim
-from ..tracer import Call, Tracer
-from .base import Handler, _first_tensor, _freeze_all, _lookup, _put_all, _register
+from yoloprune.graph.ops.base import Handler, _first_tensor, _freeze_all, _lookup, _put_all, _register
+from yoloprune.graph.slots import along, first, spread, uniform, vary_dim
+from yoloprune.graph.tracer import Call, Tracer
 
 
 # ------------------------------------------------------------------------------------------ dense producers

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..slots import Labels, first, spread, uniform, vary_dim
-from ..tracer import Call, Tracer, tensors_in
-from .base import SKIP, Handler, _dims_arg, _first_tensor, _freeze_all, _getter, _lookup, _register
+from yoloprune.graph.ops.base import SKIP, Handler, _dims_arg, _first_tensor, _freeze_all, _getter, _lookup, _register
+from yoloprune.graph.slots import Labels, first, spread, uniform, vary_dim
+from yoloprune.graph.tracer import Call, Tracer, tensors_in
 
 
 # --------------------------------------------------------------------------------------------------- unary

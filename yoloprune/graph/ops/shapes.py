@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..slots import Labels, along, first, spread, uniform, vary_dim
-from ..tracer import Call, SplitRecord, Tracer, tensors_in
-from .base import Handler, _dim, _dims_arg, _freeze_all, _getter, _lookup, _put_all, _register
-from .pointwise import broadcast
+from yoloprune.graph.ops.base import Handler, _dim, _dims_arg, _freeze_all, _getter, _lookup, _put_all, _register
+from yoloprune.graph.ops.pointwise import broadcast
+from yoloprune.graph.slots import Labels, along, first, spread, uniform, vary_dim
+from yoloprune.graph.tracer import Call, SplitRecord, Tracer, tensors_in
 
 
 # ---------------------------------------------------------------------------------- concatenation and splits

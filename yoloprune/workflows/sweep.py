@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .io import write_atomic
-from .options import check_numbers
+from yoloprune.io import write_atomic
+from yoloprune.options import check_numbers
 
 KEY_FILE = "sweep.json"  # what the points in a sweep folder were computed with
 FIELDS = ["target", "macs", "params", "map50_95", "map50", "latency_p50_ms", "checkpoint", "onnx", "seconds"]
@@ -67,11 +67,11 @@ def measure_point(
     start: float,
 ) -> Point:
     """Evaluate one checkpoint, export it to ``onnx`` and time that."""
-    from .bench import onnx_latency
-    from .counting import count_macs, count_params
-    from .evaluate import evaluate
-    from .export import export_onnx
-    from .models import load_model
+    from yoloprune.adapters import load_model
+    from yoloprune.evaluate.coco import evaluate
+    from yoloprune.export.bench import onnx_latency
+    from yoloprune.export.onnx import export_onnx
+    from yoloprune.graph.counting import count_macs, count_params
 
     loaded = load_model(str(checkpoint))
     x = torch.zeros(1, 3, imgsz, imgsz)
@@ -150,9 +150,10 @@ def sweep(
 ) -> list[Point]:
     """Run (or finish) a sweep of ``model`` (a checkpoint) over MACs ``targets``; returns every point, the unpruned
     one (target 1.0) first."""
-    from .models import example_input, load_model, save_model
-    from .prune import prune
-    from .train.finetune import check_overrides
+    from yoloprune.adapters import load_model, save_model
+    from yoloprune.images import example_input
+    from yoloprune.pruning.run import prune
+    from yoloprune.train.recover import check_overrides
 
     out = Path(out)
     check_overrides(finetune_args or {})
@@ -203,7 +204,7 @@ def sweep(
             section = {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan}
             save_model(loaded, checkpoint, section, overwrite=True)
             if finetune_epochs > 0:
-                from .train import finetune
+                from yoloprune.train import finetune
 
                 teacher = model if Path(model).suffix == ".pt" else None
                 result = finetune(

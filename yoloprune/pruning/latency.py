@@ -10,13 +10,13 @@ from typing import Any
 
 from torch import nn
 
-from .graph.surgery import PruneError
+from yoloprune.graph.surgery import PruneError
 
 
 def measure(model: nn.Module, imgsz: int, threads: int, runs: int = 20) -> float:
     """p50 milliseconds of ``model`` exported to ONNX (verified) and run by onnxruntime."""
-    from .bench import onnx_latency
-    from .export import export_onnx
+    from yoloprune.export.bench import onnx_latency
+    from yoloprune.export.onnx import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "probe.onnx"
@@ -35,8 +35,8 @@ def fraction_for_latency(
 ) -> tuple[float, float]:
     """The largest MACs fraction (least pruning) whose pruned copy measures at most ``target_ms``; returns the
     fraction and its measured latency. ``prune_to(copy, fraction)`` prunes a copy to a MACs fraction."""
-    from .adapters import resolve
-    from .prune import UnreachableTarget
+    from yoloprune.adapters import resolve
+    from yoloprune.pruning.run import UnreachableTarget
 
     imgsz = imgsz or int(example_inputs.shape[-1])
     base = resolve(model).module

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .graph.smoke import smoke_test
+from yoloprune.graph.smoke import smoke_test
 
 
 def count_params(model: nn.Module) -> int:

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from .io import check_output, write_atomic
-from .options import SETTINGS, number_problem, parse_assignment
+from yoloprune.io import check_output, write_atomic
+from yoloprune.options import SETTINGS, number_problem, parse_assignment
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
@@ -173,8 +173,8 @@ def _check_amount(prune: dict[str, Any]) -> None:
 
 def _check_sizes(recipe: dict[str, Any]) -> None:
     """The image size and ONNX opset, refused now rather than after pruning and fine-tuning."""
-    from .export import check_opset
-    from .images import check_imgsz
+    from yoloprune.export.onnx import check_opset
+    from yoloprune.images import check_imgsz
 
     try:
         check_imgsz(recipe["imgsz"])
@@ -202,7 +202,7 @@ def check_outputs(
 ) -> None:
     """Refuse, before any work, a run whose outputs exist (unless ``overwrite``) or include one of its inputs (the
     recipe's model, ``inputs``; even with ``overwrite``)."""
-    from .train.finetune import check_inputs
+    from yoloprune.train.recover import check_inputs
 
     for path in outputs(recipe, out):
         check_output(path, [recipe["model"], *inputs], overwrite)
@@ -215,11 +215,12 @@ def run(
 ) -> dict[str, Any]:
     """Prune, fine-tune, evaluate, export and benchmark as the recipe says; returns (and writes) the results.
     Existing outputs in ``out`` are replaced only with ``overwrite``, inputs (the model, ``inputs``) never."""
-    from .bench import onnx_latency
-    from .evaluate import evaluate
-    from .export import export_onnx
-    from .models import example_input, load_model, save_model
-    from .prune import prune
+    from yoloprune.adapters import load_model, save_model
+    from yoloprune.evaluate.coco import evaluate
+    from yoloprune.export.bench import onnx_latency
+    from yoloprune.export.onnx import export_onnx
+    from yoloprune.images import example_input
+    from yoloprune.pruning.run import prune
 
     start = time.perf_counter()
     out = Path(out)
@@ -295,7 +296,7 @@ def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str, 
     f = recipe["finetune"]
     teacher = recipe["model"] if f["teacher"] else None
     if family == "ultralytics":
-        from .train import finetune
+        from yoloprune.train import finetune
 
         if not recipe["data"]:
             raise RecipeError("finetune.epochs > 0 needs data (an ultralytics data yaml)")
@@ -317,8 +318,8 @@ def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str, 
         ).best
     if not f["images"] or not teacher:
         raise RecipeError(f"{family} models recover by distillation: set finetune.images and finetune.teacher")
-    from .models import load_model, save_model
-    from .train.loop import distill
+    from yoloprune.adapters import load_model, save_model
+    from yoloprune.train.loop import distill
 
     student, ref = load_model(str(checkpoint), family), load_model(teacher, family)
     distill(

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import torch
 
-from .counting import count_macs, count_params
-from .export import export_onnx, family_hooks, read_metadata, session
+from yoloprune.export.onnx import export_onnx, family_hooks, read_metadata, session
+from yoloprune.graph.counting import count_macs, count_params
 
 
 @dataclass
@@ -118,8 +118,8 @@ def onnx_counts(path: str | Path) -> tuple[int, int]:
 
 def bench(model: str | Path, imgsz: int = 640, threads: int = 1, runs: int = 50, warmup: int = 10) -> BenchResult:
     """Benchmark a checkpoint or config (exported to a temporary ONNX file first) or an ONNX file."""
-    from .images import check_imgsz
-    from .models import load_model
+    from yoloprune.adapters import load_model
+    from yoloprune.images import check_imgsz
 
     check_imgsz(imgsz)
     if threads < 1:
@@ -137,7 +137,7 @@ def bench(model: str | Path, imgsz: int = 640, threads: int = 1, runs: int = 50,
         path = Path(tmp) / "model.onnx"
         export_onnx(net, path, imgsz=imgsz, family=loaded.family)
         ort_timing = onnx_latency(path, imgsz, threads, runs, warmup)
-    deploy = adapter.export_module(net) if adapter is not None else net.eval()
+    deploy = adapter.export_module(net)
     return BenchResult(
         str(model), imgsz, threads, macs, params, ort_timing, torch_latency(deploy, imgsz, threads, runs, warmup)
     )

@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import Graph
-from .graph.surgery import _tensor
-from .graph.tracer import Member
+from yoloprune.graph import Graph
+from yoloprune.graph.surgery import _tensor
+from yoloprune.graph.tracer import Member
+from yoloprune.options import AGGREGATES, CRITERIA
 
-CRITERIA = ("l2", "l1", "bn", "taylor", "random")
-AGGREGATES = ("mean", "sum", "max")
 LossFn = Callable[[nn.Module], torch.Tensor]
 
 

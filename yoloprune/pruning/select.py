@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import Graph
+from yoloprune.graph import Graph
 
 
 @dataclass

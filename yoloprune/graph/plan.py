@@ -13,10 +13,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .adapters import Target
-from .graph import build
-from .graph.surgery import PruneError, Removal, remove_channels
-from .images import check_imgsz
+from yoloprune.graph import build
+from yoloprune.graph.surgery import PruneError, Removal, remove_channels
 
 FORMAT = 1
 
@@ -37,7 +35,7 @@ def compose(first: dict[str, list[int]], sizes: dict[str, int], later: dict[str,
     return out
 
 
-def replay(model: nn.Module, example_inputs: Any, removed: dict[str, list[int]], target: Target) -> Removal:
+def replay(model: nn.Module, example_inputs: Any, removed: dict[str, list[int]], target: Any) -> Removal:
     """Remove from ``model`` (unpruned, same architecture) exactly the channels ``removed`` names, in place."""
     graph = build(target.module, example_inputs, outputs=target.outputs, policies=target.policies)
     flags = np.zeros(graph.num_comps, dtype=bool)
@@ -65,8 +63,8 @@ def replay(model: nn.Module, example_inputs: Any, removed: dict[str, list[int]],
 
 
 def rebuild(
-    section: dict[str, Any], build: Callable[[Any], nn.Module], target_of: Callable[..., Target]
-) -> tuple[nn.Module, Target]:
+    section: dict[str, Any], build: Callable[[Any], nn.Module], target_of: Callable[..., Any]
+) -> tuple[nn.Module, Any]:
     """A pruned network from a checkpoint section: ``build(section["config"])`` makes the unpruned network, the plan
     is replayed onto it and the saved state_dict loaded strictly; the composed plan is recorded on the network."""
     import copy
@@ -74,7 +72,7 @@ def rebuild(
     import torch
 
     net = build(section["config"])
-    imgsz = check_imgsz(section.get("imgsz", 640))  # a crafted size must not allocate before it is refused
+    imgsz = int(section.get("imgsz", 640))  # checked by the caller (``yoloprune.adapters.load``) before this runs
     target = target_of(net, prune_head=True)
     replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], target)
     net.load_state_dict(section["state_dict"], strict=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import tempfile
@@ -17,10 +16,10 @@ import onnx
 import torch
 from torch import nn
 
-from .adapters import _adapter, resolve
-from .graph.tracer import tensors_in
-from .images import Preprocess, check_imgsz, list_images, load_batch, sample_image
-from .io import write_atomic
+from yoloprune.adapters import GENERIC, Adapter, adapter, resolve
+from yoloprune.graph.tracer import tensors_in
+from yoloprune.images import Preprocess, check_imgsz, list_images, load_batch, sample_image
+from yoloprune.io import write_atomic
 
 DEFAULT_OPSET = 17  # torch 2.14's TorchScript exporter; the dynamo exporter wrote an invalid Split at opset 17
 MIN_OPSET = 11  # measured with torch 2.14: Upsample fails below 9, YOLOX's strided slices below 10, --nms below 11
@@ -50,12 +49,11 @@ class ExportResult:
         )
 
 
-def family_hooks(model: nn.Module, family: str | None = None) -> tuple[Any, nn.Module, Preprocess]:
-    """The family adapter (or None), the network to export and its image convention."""
+def family_hooks(model: nn.Module, family: str | None = None) -> tuple[Adapter, nn.Module, Preprocess]:
+    """The family adapter (``GENERIC`` for an unknown network), the network to export and its image convention."""
     target = resolve(model, family=family, prune_head=True)
-    adapter = _adapter(target.family) if target.family != "generic" else None
-    spec = getattr(adapter, "PREPROCESS", Preprocess())
-    return adapter, target.module, spec
+    found = adapter(target.family)
+    return found, target.module, found.PREPROCESS
 
 
 def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -103,9 +101,9 @@ def export_onnx(
     check_imgsz(imgsz)
     check_opset(opset, int8=int8_calib is not None)
     adapter, net, spec = family_hooks(model, family)
-    export_net = adapter.export_module(net, dynamic) if adapter is not None else copy.deepcopy(net).eval()
+    export_net = adapter.export_module(net, dynamic)
     if nms:
-        from .nms import with_nms
+        from yoloprune.export.nms import with_nms
 
         if dynamic:
             raise ValueError("--nms exports batch 1; it cannot be combined with --dynamic")
@@ -117,15 +115,15 @@ def export_onnx(
     axes = _dynamic_axes(export_net, x, names) if dynamic else None
     proto = onnx.load_from_string(_to_onnx(export_net, x, opset, axes, simplify, names))
     notes = []
-    from .counting import count_macs, count_params
+    from yoloprune.graph.counting import count_macs, count_params
 
-    meta = {**(adapter.export_metadata(net, imgsz) if adapter is not None else {}), **(metadata or {})}
+    meta = {**adapter.export_metadata(net, imgsz), **(metadata or {})}
     meta["macs"], meta["params"] = str(count_macs(net, x)), str(count_params(net))
     meta["preprocess"] = json.dumps(asdict(spec))
-    if adapter is not None and hasattr(adapter, "nms_layout"):
+    if adapter is not GENERIC:
         layout, nc = adapter.nms_layout(net)
         meta["layout"], meta["nc"] = ("nms" if nms else layout), str(nc)
-    meta["family"] = "generic" if adapter is None else adapter.__name__.rsplit(".", 1)[-1]
+    meta["family"] = adapter.FAMILY
     meta["exported_by"] = "yoloprune"
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -142,7 +140,7 @@ def export_onnx(
     got = _run_onnx(data, x)
     limit = tolerance if tolerance is not None else (1e-2 if half else 1e-3)
     if nms:  # the network before NMS must match strictly; the NMS result must be a valid NMS of it
-        from .nms import check_nms
+        from yoloprune.export.nms import check_nms
 
         raw = _to_onnx(raw_net, x, opset, None, simplify)
         worst_abs, worst_rel = _compare(_outputs(raw_net, x), _run_onnx(raw, x))

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .io import write_atomic
+from yoloprune.io import write_atomic
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _step(message: str, start: float) -> None:
 
 
 def _data(out: Path, s: Settings) -> Path:
-    from .data import synthesize
+    from yoloprune.data import synthesize
 
     path = out / "data"
     meta = path / "meta.json"
@@ -109,11 +109,11 @@ def _baseline(out: Path, data: Path, s: Settings) -> Path:
 
 
 def _row(name: str, checkpoint: Path, data: Path, s: Settings, onnx: Path | None) -> Row:
-    from .bench import onnx_latency
-    from .counting import count_macs, count_params
-    from .evaluate import evaluate
-    from .export import export_onnx
-    from .models import load_model
+    from yoloprune.adapters import load_model
+    from yoloprune.evaluate.coco import evaluate
+    from yoloprune.export.bench import onnx_latency
+    from yoloprune.export.onnx import export_onnx
+    from yoloprune.graph.counting import count_macs, count_params
 
     loaded = load_model(str(checkpoint))
     metrics = evaluate(loaded.model, data, imgsz=s.imgsz, batch=s.batch)
@@ -136,9 +136,10 @@ def _row(name: str, checkpoint: Path, data: Path, s: Settings, onnx: Path | None
 def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
     """Run the demo into ``out``; returns the rows of the final table (baseline, baseline trained as long as the
     fine-tune, pruned, pruned and fine-tuned)."""
-    from .models import example_input, load_model, save_model
-    from .prune import prune
-    from .train import finetune
+    from yoloprune.adapters import load_model, save_model
+    from yoloprune.images import example_input
+    from yoloprune.pruning.run import prune
+    from yoloprune.train import finetune
 
     s = QUICK if quick else FULL
     out = Path(out)

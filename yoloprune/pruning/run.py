@@ -1,4 +1,4 @@
-"""``yoloprune.prune``: rank channels, remove them physically, check the result, report what changed."""
+"""``yoloprune.pruning.run``: rank channels, remove them physically, check the result, report what changed."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .adapters import Target, resolve
-from .graph import build
-from .graph.check import max_relative_difference, zero_producers
-from .graph.registry import Policy
-from .graph.smoke import smoke_test
-from .graph.surgery import PruneError, Removal, Snapshot, remove_channels
-from .importance import CRITERIA, channel_scores, check_scores
-from .options import check_numbers
-from .plan import compose
-from .strategy import Selection, finish, search, uniform_counts, unit_counts
+from yoloprune.adapters import Target, resolve
+from yoloprune.graph import build
+from yoloprune.graph.check import max_relative_difference, zero_producers
+from yoloprune.graph.plan import compose
+from yoloprune.graph.registry import Policy
+from yoloprune.graph.smoke import smoke_test
+from yoloprune.graph.surgery import PruneError, Removal, Snapshot, remove_channels
+from yoloprune.options import check_numbers
+from yoloprune.pruning.importance import CRITERIA, channel_scores, check_scores
+from yoloprune.pruning.select import Selection, finish, search, uniform_counts, unit_counts
 
 
 class UnreachableTarget(PruneError):
@@ -190,7 +190,7 @@ def prune(
         raise ValueError("unit_ratios replaces ratio and targets, in one step")
     _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps, max_ratio, importance)
     if importance == "taylor" and taylor_loss is None and data is not None:
-        from .train.batches import detection_loss, labelled_batches
+        from yoloprune.train.batches import detection_loss, labelled_batches
 
         taylor_loss = detection_loss(labelled_batches(data, int(example_inputs.shape[-1])))
     settings = {
@@ -212,7 +212,7 @@ def prune(
         "prune_head": prune_head,
     }
     if target_latency_ms is not None:
-        from .latency import fraction_for_latency
+        from yoloprune.pruning.latency import fraction_for_latency
 
         target_macs, latency = fraction_for_latency(
             model,

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .io import write_atomic
-from .options import check_numbers
-from .strategy import finish, unit_counts, units
+from yoloprune.io import write_atomic
+from yoloprune.options import check_numbers
+from yoloprune.pruning.select import finish, unit_counts, units
 
 OUTPUTS = ("sensitivity.csv", "sensitivity.json", "sensitivity.png", "ratios.json")
 """What an analysis writes into its folder."""
@@ -51,15 +51,15 @@ def analyse(
 ) -> list[Row]:
     """Prune every unit alone at every ratio and evaluate; writes ``sensitivity.csv`` and a plot into ``out``
     (replacing earlier ones only with ``overwrite``)."""
-    from .adapters import resolve
-    from .data.datasets import load_detection_set
-    from .evaluate import evaluate
-    from .graph import build
-    from .graph.surgery import remove_channels
-    from .importance import channel_scores
-    from .models import example_input, load_model
-    from .prune import first_layer
-    from .sweep import progress
+    from yoloprune.adapters import load_model, resolve
+    from yoloprune.data.datasets import load_detection_set
+    from yoloprune.evaluate.coco import evaluate
+    from yoloprune.graph import build
+    from yoloprune.graph.surgery import remove_channels
+    from yoloprune.images import example_input
+    from yoloprune.pruning.importance import channel_scores
+    from yoloprune.pruning.run import first_layer
+    from yoloprune.workflows.sweep import progress
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

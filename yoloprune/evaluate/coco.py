@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import torchvision
 
-from .data.datasets import DatasetError, DetectionSet, load_detection_set
-from .graph.tracer import tensors_in
-from .images import Preprocess, check_imgsz, letterbox, read_image, to_tensor
-from .options import check_numbers
+from yoloprune.data.datasets import DatasetError, DetectionSet, load_detection_set
+from yoloprune.graph.tracer import tensors_in
+from yoloprune.images import Preprocess, check_imgsz, letterbox, read_image, to_tensor
+from yoloprune.options import check_numbers
 
 MAX_NMS = 30000
 
@@ -97,21 +97,22 @@ class Runner:
 def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) -> Runner:
     """A ``Runner`` for a model object, a checkpoint/config path or an ONNX file (with ``imgsz``: one exported at
     that size, or with dynamic sizes)."""
-    from .adapters import _adapter, resolve
+    from yoloprune.adapters import adapter as family_adapter
+    from yoloprune.adapters import resolve
 
     if isinstance(model, Runner):
         return model
     if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
         return _onnx_runner(Path(model), imgsz)
     if isinstance(model, (str, Path)):
-        from .models import load_model
+        from yoloprune.adapters import load_model
 
         loaded = load_model(str(model), family)
         model, family = loaded.model, loaded.family
     target = resolve(model, family=family, prune_head=True)
     if target.family == "generic":
         raise ValueError("evaluation needs a detection family; this model's family is not recognised")
-    adapter = _adapter(target.family)
+    adapter = family_adapter(target.family)
     net = target.module.eval()
     layout, nc = adapter.nms_layout(net)
     select = target.outputs or (lambda o: o)
@@ -120,11 +121,11 @@ def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) 
         with torch.inference_mode():
             return tensors_in(select(net(x.to(next(net.parameters()).device))))[0].float().cpu()
 
-    return Runner(run, layout, nc, getattr(adapter, "PREPROCESS", Preprocess()))
+    return Runner(run, layout, nc, adapter.PREPROCESS)
 
 
 def _onnx_runner(path: Path, imgsz: int | None = None) -> Runner:
-    from .export import read_metadata, session
+    from yoloprune.export.onnx import read_metadata, session
 
     if not path.is_file():
         raise FileNotFoundError(f"no such model: {path}")

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .graph import Graph
-from .importance import _is_weight
+from yoloprune.graph import Graph
+from yoloprune.pruning.importance import _is_weight
 
 
 @dataclass

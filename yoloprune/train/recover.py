@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from ..data.datasets import DatasetError, load_detection_set
-from ..images import check_imgsz
-from ..io import load_checkpoint, save_atomic
-from ..options import check_numbers
+from yoloprune.data.datasets import DatasetError, load_detection_set
+from yoloprune.images import check_imgsz
+from yoloprune.io import load_checkpoint, save_atomic
+from yoloprune.options import check_numbers
 
 SETTINGS_FILE = "yoloprune_finetune.json"
 
@@ -44,12 +44,12 @@ def _as_checkpoint(model: Any, path: Path) -> Path:
         if not Path(model).is_file():
             raise FileNotFoundError(f"no such model: {model}")
         return Path(model)
-    from ..adapters import Loaded, _adapter, resolve
+    from yoloprune.adapters import Loaded, adapter, resolve
 
     target = resolve(model)
     if target.family != "ultralytics":
         raise ValueError(f"fine-tuning with labels supports ultralytics models; this is {target.family}")
-    _adapter("ultralytics").save(Loaded(target.module, "ultralytics", "memory", {"train_args": {}}), path, {}, True)
+    adapter("ultralytics").save(Loaded(target.module, "ultralytics", "memory", {"train_args": {}}), path, {}, True)
     return path
 
 
@@ -129,7 +129,7 @@ def finetune(
     ``importance="bn"`` prune, or group lasso over the coupled channels (``sparsity_kind="group"``).
     ``callbacks`` maps ultralytics callback events (``on_fit_epoch_end``...) to functions of the trainer.
     """
-    from .ultralytics_trainer import (
+    from yoloprune.train.ultralytics_trainer import (
         SPARSITY_ENV,
         SPARSITY_KIND_ENV,
         TEACHER_ENV,
@@ -268,10 +268,10 @@ def finetune(
 
 
 def _family(model: Any) -> str:
-    from ..adapters import resolve
+    from yoloprune.adapters import resolve
 
     if isinstance(model, (str, Path)):
-        from ..adapters._upstream import guess_family
+        from yoloprune.adapters.detect import guess_family
 
         return guess_family(str(model)) or "ultralytics"
     return resolve(model).family
@@ -283,9 +283,8 @@ def _finetune_family(
     """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``). Every epoch writes
     ``out/weights/last.pt`` in the family's format and ``last.state.pt`` (fp32 weights, optimizer, schedule), so
     ``resume`` continues from there; the result is ``out/weights/best.pt`` (the last epoch's weights)."""
-    from ..adapters import Loaded, resolve
-    from ..models import load_model, save_model
-    from .loop import fit
+    from yoloprune.adapters import Loaded, load_model, resolve, save_model
+    from yoloprune.train.loop import fit
 
     weights = out / "weights"
     last, state_path = weights / "last.pt", weights / "last.state.pt"
@@ -343,7 +342,7 @@ def _saved(out: Path) -> dict[str, Any]:
 
 
 def save_atomic_json(path: Path, data: dict[str, Any]) -> None:
-    from ..io import write_atomic
+    from yoloprune.io import write_atomic
 
     write_atomic(path, lambda f: f.write(json.dumps(data, indent=1, default=str).encode()), overwrite=True)
 

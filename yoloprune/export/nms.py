@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .graph.tracer import tensors_in
+from yoloprune.graph.tracer import tensors_in
 
 
 class NMSHead(nn.Module):
@@ -75,7 +75,7 @@ def check_nms(head: NMSHead, x: torch.Tensor, detections: torch.Tensor) -> str |
 
 def with_nms(net: nn.Module, adapter: Any) -> NMSHead:
     """``net`` (already in export mode) followed by NMS, in the layout its family's adapter declares."""
-    if adapter is None or not hasattr(adapter, "nms_layout"):
+    if adapter.FAMILY == "generic":
         raise ValueError("--nms needs a detection family (its output layout); this model has none")
     layout, nc = adapter.nms_layout(net)
     return NMSHead(net, layout, nc).eval()  # a new module starts in training mode, which the exporter restores
