@@ -2,9 +2,9 @@
 
 from yoloprune.graph.check import max_relative_difference, zero_producers
 from yoloprune.graph.graph import Graph, Group, build
+from yoloprune.graph.records import TraceError
 from yoloprune.graph.registry import FixupContext, Policy
 from yoloprune.graph.surgery import PruneError, Removal, remove_channels
-from yoloprune.graph.tracer import TraceError
 
 __all__ = [
     "FixupContext",

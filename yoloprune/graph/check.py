@@ -7,8 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from yoloprune.graph.nest import tensors_in
+from yoloprune.graph.records import OutputSelector
 from yoloprune.graph.surgery import Removal, _tensor
-from yoloprune.graph.tracer import OutputSelector, _as_call_args, tensors_in
+from yoloprune.graph.tracer import _as_call_args
 
 
 def zero_producers(model: nn.Module, removal: Removal) -> None:

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from yoloprune.graph.records import Member, OutputSelector, Trace, TraceError
 from yoloprune.graph.registry import Policy
 from yoloprune.graph.slots import Event
-from yoloprune.graph.tracer import Member, OutputSelector, Trace, TraceError, trace
+from yoloprune.graph.tracer import trace
 
 
 @dataclass

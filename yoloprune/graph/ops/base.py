@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from yoloprune.graph.nest import tensors_in
+from yoloprune.graph.records import Call
 from yoloprune.graph.slots import Labels
-from yoloprune.graph.tracer import Call, Tracer, tensors_in
 
-Handler = Callable[[Tracer, Call], None]
+if TYPE_CHECKING:  # the tracer calls these handlers; they never import it at run time
+    from yoloprune.graph.tracer import Tracer
+
+Handler = Callable[["Tracer", Call], None]
 HANDLERS: dict[Any, Handler | object] = {}
 SKIP = object()
 

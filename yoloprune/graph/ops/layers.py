@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from yoloprune.graph.ops.base import Handler, _first_tensor, _freeze_all, _lookup, _put_all, _register
+from yoloprune.graph.records import Call
 from yoloprune.graph.slots import along, first, spread, uniform, vary_dim
-from yoloprune.graph.tracer import Call, Tracer
+
+if TYPE_CHECKING:  # the tracer calls these handlers; they never import it at run time
+    from yoloprune.graph.tracer import Tracer
 
 
 # ------------------------------------------------------------------------------------------ dense producers

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from yoloprune.graph.nest import tensors_in
 from yoloprune.graph.ops.base import SKIP, Handler, _dims_arg, _first_tensor, _freeze_all, _getter, _lookup, _register
+from yoloprune.graph.records import Call
 from yoloprune.graph.slots import Labels, first, spread, uniform, vary_dim
-from yoloprune.graph.tracer import Call, Tracer, tensors_in
+
+if TYPE_CHECKING:  # the tracer calls these handlers; they never import it at run time
+    from yoloprune.graph.tracer import Tracer
 
 
 # --------------------------------------------------------------------------------------------------- unary

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
+from yoloprune.graph.nest import tensors_in
 from yoloprune.graph.ops.base import Handler, _dim, _dims_arg, _freeze_all, _getter, _lookup, _put_all, _register
 from yoloprune.graph.ops.pointwise import broadcast
+from yoloprune.graph.records import Call, SplitRecord
 from yoloprune.graph.slots import Labels, along, first, spread, uniform, vary_dim
-from yoloprune.graph.tracer import Call, SplitRecord, Tracer, tensors_in
+
+if TYPE_CHECKING:  # the tracer calls these handlers; they never import it at run time
+    from yoloprune.graph.tracer import Tracer
 
 
 # ---------------------------------------------------------------------------------- concatenation and splits
