@@ -99,6 +99,32 @@ def test_finetune_and_eval_work_with_the_network_blocked(pair, data, tmp_path, m
     assert metrics.images == 4 and 0.0 <= metrics.map50_95 <= 1.0
 
 
+def test_an_in_memory_teacher_is_used_as_it_is(pair, data, tmp_path):
+    """One process: the teacher module goes to the trainer directly, never through a file or the environment."""
+    import os
+
+    from yoloprune.adapters import load_model
+
+    teacher, pruned, _ = pair
+    net = load_model(str(teacher)).model
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = finetune(pruned, data, epochs=1, teacher=net, out=tmp_path / "kd", **FAST)
+    assert result.metrics.get("train/kd_loss", 0) > 0
+    assert not (tmp_path / "kd" / "teacher.pt").exists()
+    assert not [k for k in os.environ if k.startswith("YOLOPRUNE")]
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the caller's module is untouched
+
+
+def test_a_folder_of_images_means_distillation(pair, data, tmp_path):
+    """finetune() is the one entry point: labelled data trains, an image folder with a teacher distils."""
+    teacher, pruned, params = pair
+    images = data.parent / "images" / "train"
+    result = finetune(pruned, images, epochs=1, teacher=teacher, imgsz=64, batch=4, workers=0, out=tmp_path / "d")
+    assert result.best.is_file() and result.params == params
+    with pytest.raises(ValueError, match="teacher"):
+        finetune(pruned, images, epochs=1, imgsz=64, batch=4, workers=0, out=tmp_path / "none")
+
+
 def test_distillation_loop_on_unlabelled_images(data):
     import copy
 
@@ -238,9 +264,10 @@ def test_cli_taylor_importance_and_steps_with_finetuning(pair, data, tmp_path, c
 
 def test_taylor_leaves_the_model_unchanged(pair, data):
     from yoloprune.adapters import load_model, resolve
+    from yoloprune.data.batches import labelled_batches
     from yoloprune.graph import build
     from yoloprune.pruning.importance import channel_scores
-    from yoloprune.train.batches import detection_loss, labelled_batches
+    from yoloprune.pruning.taylor import detection_loss
 
     teacher, _, _ = pair
     net = load_model(str(teacher)).model.eval()

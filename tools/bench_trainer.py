@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import tempfile
@@ -21,19 +20,13 @@ from pathlib import Path
 import torch
 
 
-def epoch_times(trainer_cls, net, args: dict, env: dict[str, str] | None = None) -> list[float]:
+def epoch_times(trainer_cls, net, args: dict, **settings) -> list[float]:
     stamps: list[float] = []
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        trainer = trainer_cls(overrides=args)
-        trainer.model = net
-        trainer.add_callback("on_train_epoch_start", lambda t: stamps.append(time.perf_counter()))
-        trainer.add_callback("on_train_epoch_end", lambda t: stamps.append(time.perf_counter()))
-        trainer.train()
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    trainer = trainer_cls(overrides=args, **settings)
+    trainer.model = net
+    trainer.add_callback("on_train_epoch_start", lambda t: stamps.append(time.perf_counter()))
+    trainer.add_callback("on_train_epoch_end", lambda t: stamps.append(time.perf_counter()))
+    trainer.train()
     return [stamps[i + 1] - stamps[i] for i in range(0, len(stamps) - 1, 2)]
 
 
@@ -52,7 +45,7 @@ def main() -> int:
     import yoloprune
     from yoloprune.adapters import Loaded
     from yoloprune.adapters.ultralytics import from_config, save
-    from yoloprune.train.ultralytics_trainer import TEACHER_ENV, WEIGHT_ENV, PrunedDetectionTrainer
+    from yoloprune.train.ultralytics_trainer import PrunedDetectionTrainer
 
     nc = len(yaml.safe_load(Path(args.data).read_text())["names"])
     base = from_config({**from_config(args.model).yaml, "nc": nc})
@@ -84,7 +77,8 @@ def main() -> int:
                 PrunedDetectionTrainer,
                 copy.deepcopy(pruned),
                 {**common, "name": "kd"},
-                {TEACHER_ENV: str(teacher), WEIGHT_ENV: "1.0"},
+                teacher=teacher,
+                kd_weight=1.0,
             ),
         }
     stock = statistics.median(runs["stock ultralytics"][1:])

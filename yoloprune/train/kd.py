@@ -1,11 +1,21 @@
-"""Knowledge distillation on detection-head outputs, which pruning never changes (so it works for every family)."""
+"""Knowledge distillation on detection-head outputs, which pruning never changes (so it works for every family).
+
+Every recovery path (ultralytics' trainer, ``loop.fit``, ``loop.distill``) calls ``kd_loss``, which picks the loss
+for the outputs it is given."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from yoloprune.graph.nest import tensors_in
+
+if TYPE_CHECKING:
+    from yoloprune.adapters import Adapter
 
 
 def _branch(preds: Any) -> dict[str, torch.Tensor]:
@@ -65,3 +75,37 @@ def anchor_kd(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch
         boxes = F.mse_loss(s[..., :4].sigmoid(), t[..., :4].sigmoid())
         total = total + scores + boxes
     return total / max(len(student), 1)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """How to read two networks' decoded predictions: their layout and class count, the image size, and each
+    network's output selector (its adapter target's ``outputs``; None keeps the output as it is)."""
+
+    layout: str
+    nc: int
+    imgsz: int
+    student: Callable[[Any], Any] | None = None
+    teacher: Callable[[Any], Any] | None = None
+
+
+def kd_loss(student: Any, teacher: Any, adapter: Adapter | None = None, decoded: Decoded | None = None) -> torch.Tensor:
+    """The distillation loss between a student's outputs and its teacher's, chosen by what they are: the raw maps of
+    anchor heads, which ``adapter.raw_outputs`` finds (``anchor_kd``); else decoded predictions read as ``decoded``
+    says (``decoded_kd``); else, with neither, ultralytics heads' raw train-mode outputs (``head_kd``)."""
+    maps = adapter.raw_outputs(student) if adapter is not None else None
+    if maps is not None:
+        return anchor_kd(maps, adapter.raw_outputs(teacher))
+    if decoded is not None:
+        s, t = (decoded.student or _same)(student), (decoded.teacher or _same)(teacher)
+        return decoded_kd(_first(s), _first(t), decoded.layout, decoded.nc, decoded.imgsz)
+    return head_kd(student, teacher)
+
+
+def _same(out: Any) -> Any:
+    return out
+
+
+def _first(out: Any) -> torch.Tensor:
+    """The first tensor of a network's output (its decoded predictions)."""
+    return tensors_in(out)[0]

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from yoloprune.images import Preprocess, check_imgsz, letterbox, list_images, read_image, to_tensor
-from yoloprune.train.kd import anchor_kd, decoded_kd
+from yoloprune.train.kd import Decoded, kd_loss
 
 
 class ImageFolder(Dataset):
@@ -100,7 +100,7 @@ def distill(
     world = _world()[1]
     s_target, t_target = resolve(student, family, prune_head=True), resolve(teacher, family, prune_head=True)
     adapter = family_adapter(s_target.family)
-    layout, nc = adapter.nms_layout(s_target.module)
+    decoded = Decoded(*adapter.nms_layout(s_target.module), imgsz, s_target.outputs, t_target.outputs)
     net, ref = s_target.module.to(device), t_target.module.to(device).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -114,8 +114,6 @@ def distill(
     total = max(1, epochs * len(loader)) if max_steps is None else max_steps
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    select_s = s_target.outputs or (lambda o: o)
-    select_t = t_target.outputs or (lambda o: o)
     step, loss_value = 0, float("nan")
     for epoch in range(epochs):
         if sampler is not None:
@@ -123,8 +121,8 @@ def distill(
         for x in loader:
             x = x.to(device)
             with torch.no_grad():
-                target = _first(select_t(ref(x)))
-            loss = decoded_kd(_first(select_s(model(x))), target, layout, nc, imgsz)
+                target = ref(x)
+            loss = kd_loss(model(x), target, decoded=decoded)  # decoded predictions, for every family
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -164,7 +162,7 @@ def fit(
     passing that ``state`` back as ``resume_state`` continues training from the epoch after it."""
     from yoloprune.adapters import adapter as family_adapter
     from yoloprune.adapters import resolve
-    from yoloprune.train.batches import LabelledImages, collate
+    from yoloprune.data.batches import LabelledImages, collate
 
     check_imgsz(imgsz)
     start = time.perf_counter()
@@ -180,8 +178,7 @@ def fit(
     if teacher is not None:
         t_target = resolve(teacher, family, prune_head=True)
         ref = t_target.module.to(device).eval()
-        layout, nc = adapter.nms_layout(net)
-        select_s, select_t = target.outputs or (lambda o: o), t_target.outputs or (lambda o: o)
+        decoded = Decoded(*adapter.nms_layout(net), imgsz, target.outputs, t_target.outputs)
     fixed = adapter.FIXED_PARAMETERS
     params = [p for name, p in net.named_parameters() if not any(part in name for part in fixed)]
     for p in net.parameters():
@@ -211,12 +208,7 @@ def fit(
                 with torch.no_grad():
                     reference = ref(item["img"])
                 net.eval()
-                out = net(item["img"])
-                raw = adapter.raw_outputs(out)
-                if raw is not None:  # anchor heads decode in place: distil their raw maps
-                    kd = anchor_kd(raw, adapter.raw_outputs(reference))
-                else:
-                    kd = decoded_kd(_first(select_s(out)), _first(select_t(reference)), layout, nc, imgsz)
+                kd = kd_loss(net(item["img"]), reference, adapter, decoded)  # anchor heads: their raw maps
                 loss = loss + kd_weight * kd * item["img"].shape[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -236,12 +228,6 @@ def fit(
     for p in net.parameters():
         p.requires_grad_(False)
     return DistillResult(step, epochs, time.perf_counter() - start, loss_value, None)
-
-
-def _first(out: Any) -> torch.Tensor:
-    from yoloprune.graph.tracer import tensors_in
-
-    return tensors_in(out)[0]
 
 
 def main() -> int:

@@ -1,10 +1,13 @@
-"""``yoloprune.finetune``: recover a pruned model's accuracy, with optional distillation from the unpruned one."""
+"""``yoloprune.finetune``: recover a pruned model's accuracy, with optional distillation from the unpruned one.
+
+``finetune`` is the one entry point: it picks the loop for the model's family and the data (ultralytics' trainer,
+``loop.fit`` or the label-free ``loop.distill``)."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from yoloprune.data.datasets import DatasetError, load_detection_set
+from yoloprune.graph.plan import FORMAT
 from yoloprune.images import check_imgsz
 from yoloprune.io import load_checkpoint, save_atomic
 from yoloprune.options import check_numbers
@@ -38,19 +42,21 @@ class FinetuneResult:
         return out
 
 
-def _as_checkpoint(model: Any, path: Path) -> Path:
-    """A checkpoint file for ``model``: a path is used as is, a module is written (ultralytics format)."""
+IN_MEMORY = "(in memory)"  # what the settings record for a teacher given as a module
+
+
+def _ultralytics_module(model: Any) -> Any:
+    """A path as it is (refused when it is no file), a module as the ultralytics network it holds."""
     if isinstance(model, (str, Path)):
         if not Path(model).is_file():
             raise FileNotFoundError(f"no such model: {model}")
         return Path(model)
-    from yoloprune.adapters import Loaded, adapter, resolve
+    from yoloprune.adapters import resolve
 
     target = resolve(model)
     if target.family != "ultralytics":
         raise ValueError(f"fine-tuning with labels supports ultralytics models; this is {target.family}")
-    adapter("ultralytics").save(Loaded(target.module, "ultralytics", "memory", {"train_args": {}}), path, {}, True)
-    return path
+    return target.module
 
 
 def check_inputs(out: Path, inputs: dict[str, Any]) -> None:
@@ -117,27 +123,24 @@ def finetune(
     callbacks: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> FinetuneResult:
-    """Fine-tune a pruned ultralytics model (checkpoint path or module) on a data yaml, as it is.
+    """Recover a pruned model's accuracy (checkpoint path or module; the input is never modified): the loop is
+    picked from the model's family and the data.
 
-    With ``teacher`` (the unpruned model, path or module), ``kd_weight`` x distillation on the head's class logits
-    and box distributions is added to the detection loss. Training runs ultralytics' own trainer (EMA,
-    augmentation, warm-up, AMP on CUDA, ``device="0,1"`` for DDP); ``overrides`` pass any of its other settings.
-    Results go to ``out`` (``weights/best.pt`` and ``last.pt``, rewritten in fp32 with the pruning plan); with
-    ``resume`` an interrupted run continues from ``out/weights/last.pt``; a finished or interrupted run in ``out`` is
-    only started over with ``overwrite``. The input model is never modified.
-    ``sparsity`` > 0 adds BN-L1 regularisation (network slimming, ``sparsity_kind="bn"``) for a later
-    ``importance="bn"`` prune, or group lasso over the coupled channels (``sparsity_kind="group"``).
-    ``callbacks`` maps ultralytics callback events (``on_fit_epoch_end``...) to functions of the trainer.
+    - ultralytics models on a data yaml: ultralytics' own trainer, on the network as it is (EMA, augmentation,
+      warm-up, AMP on CUDA, ``device="0,1"`` for DDP); ``overrides`` pass any of its other settings and
+      ``callbacks`` map its events (``on_fit_epoch_end``...) to functions of the trainer. ``sparsity`` > 0 adds
+      BN-L1 regularisation (network slimming, ``sparsity_kind="bn"``) for a later ``importance="bn"`` prune, or
+      group lasso over the coupled channels (``sparsity_kind="group"``).
+    - YOLOv5/YOLOv7/YOLOX on a data yaml: yoloprune's loop with the family's own loss (``loop.fit``).
+    - any family on a folder of images, which has no labels: distillation alone from ``teacher`` (``loop.distill``,
+      the student learning the teacher's decoded predictions; ``lr0`` defaults to 1e-4 there).
+
+    With ``teacher`` (the unpruned model, path or module) on labelled data, ``kd_weight`` x distillation on the
+    head outputs is added to the detection loss. Results go to ``out``: ``weights/best.pt`` and ``last.pt`` (fp32,
+    with the pruning plan; the family's own format outside ultralytics; distillation on images writes ``best.pt``
+    only). With ``resume`` an interrupted labelled run continues from ``out/weights/last.pt``; a finished or
+    interrupted run in ``out`` is only started over with ``overwrite``.
     """
-    from yoloprune.train.ultralytics_trainer import (
-        SPARSITY_ENV,
-        SPARSITY_KIND_ENV,
-        TEACHER_ENV,
-        WEIGHT_ENV,
-        PrunedDetectionTrainer,
-        read_checkpoint,
-    )
-
     start = time.perf_counter()
     out = Path(out)
     if epochs < 1 or batch < 1:
@@ -151,28 +154,63 @@ def finetune(
     check_overrides(overrides)
     if not resume:
         check_inputs(out, {"MODEL": model, "--teacher": teacher})
-    _check_data(data)
+    images = Path(data).is_dir()
+    if images:
+        _check_distillation(data, teacher, resume)
+    else:
+        _check_data(data)
     if not resume and not overwrite and any((out / "weights" / name).exists() for name in ("last.pt", "best.pt")):
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or --overwrite to start over")
+    loop = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, "lr0": lr0, "workers": workers}
+    if images:
+        return _distill(model, Path(data), out, teacher=teacher, start=start, seed=seed, **loop)
     saved = _saved(out) if resume else {}
     family = saved.get("family", "ultralytics") if resume else _family(model)
     if family != "ultralytics":
         return _finetune_family(
-            model,
-            data,
-            out,
-            epochs=epochs,
-            teacher=teacher,
-            kd_weight=kd_weight,
-            imgsz=imgsz,
-            batch=batch,
-            device=device,
-            lr0=lr0,
-            workers=workers,
-            seed=seed,
-            start=start,
-            resume=resume,
+            model, data, out, teacher=teacher, kd_weight=kd_weight, seed=seed, start=start, resume=resume, **loop
         )
+    return _finetune_ultralytics(
+        model,
+        data,
+        out,
+        teacher=teacher,
+        kd_weight=kd_weight,
+        sparsity=sparsity,
+        sparsity_kind=sparsity_kind,
+        saved=saved,
+        resume=resume,
+        plots=plots,
+        seed=seed,
+        callbacks=callbacks,
+        start=start,
+        loop=loop,
+        overrides=overrides,
+    )
+
+
+def _finetune_ultralytics(
+    model: Any,
+    data: str | Path,
+    out: Path,
+    *,
+    teacher: Any,
+    kd_weight: float,
+    sparsity: float,
+    sparsity_kind: str,
+    saved: dict[str, Any],
+    resume: bool,
+    plots: bool,
+    seed: int,
+    callbacks: dict[str, Any] | None,
+    start: float,
+    loop: dict[str, Any],
+    overrides: dict[str, Any],
+) -> FinetuneResult:
+    """ultralytics models: ``PrunedDetectionTrainer`` given the teacher and the sparsity penalty directly."""
+    from yoloprune.train.ultralytics_trainer import PrunedDetectionTrainer, read_checkpoint, write_checkpoint
+
+    epochs = loop["epochs"]
     last = out / "weights" / "last.pt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"nothing to resume: {last} does not exist")
@@ -180,7 +218,10 @@ def finetune(
         if isinstance(path, (str, Path)):
             read_checkpoint(path)  # refused here, before anything is written or handed to the trainer
     if resume:
-        teacher_path = saved.get("teacher")
+        recorded = saved.get("teacher")
+        teacher = _resumed_teacher(recorded, teacher)
+        teacher = _ultralytics_module(teacher) if isinstance(teacher, nn.Module) else teacher
+        kd_weight = float(saved.get("kd_weight", kd_weight))
         sparsity = float(saved.get("sparsity") or 0.0)
         sparsity_kind = str(saved.get("sparsity_kind") or "bn")
         # the run continues with the checkpoint's own settings, except where it writes and what it reads: those
@@ -190,24 +231,25 @@ def finetune(
             "model": str(last),
             "data": str(data),
             "save_dir": str(out.resolve()),
-            "device": device,
-            "workers": workers,
+            "device": loop["device"],
+            "workers": loop["workers"],
             "plots": plots,
             "distill_model": None,
             "cache": False,  # cache=disk would write beside the dataset's images
         }
     else:
+        student = _ultralytics_module(model)
+        teacher = _ultralytics_module(teacher) if teacher is not None else None
+        recorded = _recorded(teacher)
         out.mkdir(parents=True, exist_ok=True)
-        start_ckpt = _as_checkpoint(model, out / "start.pt")
-        teacher_path = str(_as_checkpoint(teacher, out / "teacher.pt")) if teacher is not None else None
         args = {
-            "model": str(start_ckpt),
+            "model": str(student if isinstance(student, Path) else write_checkpoint(student, out / "start.pt")),
             "data": str(data),
             "epochs": epochs,
-            "imgsz": imgsz,
-            "batch": batch,
-            "device": device,
-            "workers": workers,
+            "imgsz": loop["imgsz"],
+            "batch": loop["batch"],
+            "device": loop["device"],
+            "workers": loop["workers"],
             "project": str(out.parent.resolve()),
             "name": out.name,
             "exist_ok": True,
@@ -215,39 +257,28 @@ def finetune(
             "seed": seed,
             **overrides,
         }
-        if lr0 is not None:
-            args["lr0"] = lr0
+        if loop["lr0"] is not None:
+            args["lr0"] = loop["lr0"]
         settings = {
-            "teacher": teacher_path,
+            "teacher": recorded,
             "kd_weight": kd_weight,
             "sparsity": sparsity,
             "sparsity_kind": sparsity_kind,
             "args": args,
         }
         save_atomic_json(out / SETTINGS_FILE, settings)
-    previous = {k: os.environ.get(k) for k in (TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV, SPARSITY_KIND_ENV)}
-    try:
-        os.environ[SPARSITY_ENV], os.environ[SPARSITY_KIND_ENV] = str(sparsity), sparsity_kind
-        if teacher_path:
-            os.environ[TEACHER_ENV], os.environ[WEIGHT_ENV] = teacher_path, str(kd_weight)
-        else:
-            os.environ.pop(TEACHER_ENV, None)
-        trainer = PrunedDetectionTrainer(overrides=args)
-        for event, fn in (callbacks or {}).items():
-            trainer.add_callback(event, fn)
-        trainer.train()
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    trainer = PrunedDetectionTrainer(
+        overrides=args, teacher=teacher, kd_weight=kd_weight, sparsity=sparsity, sparsity_kind=sparsity_kind
+    )
+    for event, fn in (callbacks or {}).items():
+        trainer.add_callback(event, fn)
+    trainer.train()
     weights = Path(trainer.save_dir) / "weights"
     best, last = weights / "best.pt", weights / "last.pt"
     params = 0
     for path in (best, last):
         if path.is_file():
-            params = _to_fp32(path, {"teacher": teacher_path, "kd_weight": kd_weight, "epochs": epochs})
+            params = _to_fp32(path, {"teacher": recorded, "kd_weight": kd_weight, "epochs": epochs})
     seconds = time.perf_counter() - start
     epochs_done = int(getattr(trainer, "epoch", epochs - 1)) + 1
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
@@ -267,6 +298,95 @@ def finetune(
     )
 
 
+def _recorded(teacher: Any) -> str | None:
+    """What the settings and checkpoints record of a teacher: its path, or ``IN_MEMORY`` for a module."""
+    return None if teacher is None else IN_MEMORY if isinstance(teacher, nn.Module) else str(teacher)
+
+
+def _resumed_teacher(recorded: str | None, given: Any) -> Any:
+    """The teacher a resumed run distils from: the checkpoint it recorded, or the module it was given, again."""
+    if recorded != IN_MEMORY:
+        return recorded
+    if not isinstance(given, nn.Module):
+        raise ValueError("this run distilled from a teacher given as a module: pass it again (teacher=) to resume")
+    return given
+
+
+def _loop_device(device: str) -> str:
+    """The torch device yoloprune's loop trains on, from ultralytics' spelling (``0`` is ``cuda:0``)."""
+    text = str(device).strip()
+    if "," in text:
+        raise ValueError(
+            f"device {device!r}: yoloprune's loop trains on one device per process; give one (e.g. 0), or run "
+            "the loop under torchrun for several GPUs"
+        )
+    return f"cuda:{text}" if text.isdigit() else text
+
+
+def _own_copy(model: Any) -> Any:
+    """The loaded model of a path, or a copy of a module's (the caller's module is never trained)."""
+    from yoloprune.adapters import Loaded, load_model, resolve
+
+    if isinstance(model, (str, Path)):
+        return load_model(str(model))
+    target = resolve(model)
+    return Loaded(copy.deepcopy(target.module), target.family, "memory", {})
+
+
+def _check_distillation(images: str | Path, teacher: Any, resume: bool) -> None:
+    """Refuse a label-free distillation that cannot run: no teacher, no images, or a resume."""
+    from yoloprune.images import list_images
+
+    if teacher is None:
+        raise ValueError(
+            f"{images} is a folder of images without labels: recovering on it distils from a teacher; pass one "
+            "(--teacher), or a data yaml with labels"
+        )
+    if resume:
+        raise ValueError("a distillation on images cannot resume; start it over (--overwrite)")
+    list_images(images)
+
+
+def _distill(
+    model: Any, images: Path, out: Path, *, teacher: Any, start: float, seed: int, **settings: Any
+) -> FinetuneResult:
+    """Any family, unlabelled images: ``loop.distill`` (the student learns the teacher's decoded predictions). Writes
+    ``out/weights/best.pt`` in the model's family format; it is also the result's ``last``."""
+    from yoloprune.adapters import load_model, save_model
+    from yoloprune.train.loop import distill
+
+    loaded = _own_copy(model)
+    reference = load_model(str(teacher), loaded.family).model if isinstance(teacher, (str, Path)) else teacher
+    out.mkdir(parents=True, exist_ok=True)
+    kept = {k: v for k, v in settings.items() if k not in ("device", "workers")}
+    record = {"family": loaded.family, "images": str(images), "teacher": _recorded(teacher), "settings": kept}
+    save_atomic_json(out / SETTINGS_FILE, record)
+    result = distill(
+        loaded.model,
+        reference,
+        images,
+        epochs=settings["epochs"],
+        imgsz=settings["imgsz"],
+        batch=settings["batch"],
+        lr=settings["lr0"] or 1e-4,
+        device=_loop_device(settings["device"]),
+        workers=settings["workers"],
+        seed=seed,
+        family=loaded.family,
+    )
+    section = {"distill": {"teacher": _recorded(teacher), "epochs": settings["epochs"]}}
+    best = save_model(loaded, out / "weights" / "best.pt", section, overwrite=True)
+    return FinetuneResult(
+        best,
+        best,
+        result.epochs,
+        time.perf_counter() - start,
+        result.seconds / max(result.epochs, 1),
+        sum(p.numel() for p in loaded.model.parameters()),
+        {"train/loss": result.last_loss, "train/steps": result.steps},
+    )
+
+
 def _family(model: Any) -> str:
     from yoloprune.adapters import resolve
 
@@ -283,7 +403,7 @@ def _finetune_family(
     """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``). Every epoch writes
     ``out/weights/last.pt`` in the family's format and ``last.state.pt`` (fp32 weights, optimizer, schedule), so
     ``resume`` continues from there; the result is ``out/weights/best.pt`` (the last epoch's weights)."""
-    from yoloprune.adapters import Loaded, load_model, resolve, save_model
+    from yoloprune.adapters import load_model, save_model
     from yoloprune.train.loop import fit
 
     weights = out / "weights"
@@ -294,30 +414,29 @@ def _finetune_family(
             raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
         saved = _saved(out)
         model, settings = last, {**settings, **saved["settings"]}
-        teacher = teacher if teacher is not None else saved.get("teacher")
+        teacher = teacher if teacher is not None else _resumed_teacher(saved.get("teacher"), None)
         state = load_checkpoint(state_path)
-    loaded = load_model(str(model)) if isinstance(model, (str, Path)) else None
-    if loaded is None:
-        target = resolve(model)
-        loaded = Loaded(target.module, target.family, "memory", {})
+    loaded = _own_copy(model)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
         kept = {k: v for k, v in settings.items() if k not in ("device", "workers")}
-        teacher_path = str(teacher) if isinstance(teacher, (str, Path)) else None
-        save_atomic_json(out / SETTINGS_FILE, {"family": loaded.family, "teacher": teacher_path, "settings": kept})
+        record = {"family": loaded.family, "teacher": _recorded(teacher), "settings": kept}
+        save_atomic_json(out / SETTINGS_FILE, record)
     reference = load_model(str(teacher), loaded.family).model if isinstance(teacher, (str, Path)) else teacher
-    section = {"finetune": {"epochs": settings["epochs"], "teacher": str(teacher) if teacher else None}}
+    section = {"finetune": {"epochs": settings["epochs"], "teacher": _recorded(teacher)}}
 
     def checkpoint(epoch: int, train_state: dict[str, Any]) -> None:
         save_model(loaded, last, {**section, "epoch": epoch}, overwrite=True)
         save_atomic(train_state, state_path, overwrite=True)
 
     lr0 = settings.pop("lr0") or 0.01
+    device = _loop_device(settings.pop("device"))
     result = fit(
         loaded.model,
         data,
         teacher=reference,
         lr=lr0,
+        device=device,
         family=loaded.family,
         on_epoch_end=checkpoint,
         resume_state=state,
@@ -360,7 +479,7 @@ def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
     plan = (getattr(net, "yaml", None) or {}).get("yoloprune")
     ckpt["yoloprune"] = (
         {
-            "format": 1,
+            "format": FORMAT,
             "family": "ultralytics",
             "finetune": settings,
             "plan": plan,
@@ -370,7 +489,7 @@ def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
             "imgsz": int(ckpt.get("train_args", {}).get("imgsz", 640)),
         }
         if plan
-        else {"format": 1, "family": "ultralytics", "finetune": settings}
+        else {"format": FORMAT, "family": "ultralytics", "finetune": settings}
     )
     save_atomic(ckpt, path, overwrite=True)
     return sum(p.numel() for p in net.parameters())

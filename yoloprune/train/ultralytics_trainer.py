@@ -4,8 +4,10 @@ Stock ``Model.train()`` rebuilds the network from ``model.yaml`` and copies the 
 silently replaces a pruned model by an unpruned one. ``PrunedDetectionTrainer`` trains the network stored in the
 checkpoint it is given (``model=pruned.pt``), as it is, keeping every other feature of ultralytics' trainer: EMA,
 augmentation, warm-up, resume, AMP on CUDA and multi-GPU DDP (its subprocesses build this class again and load the
-same checkpoint). A teacher for distillation on the head outputs comes through ``YOLOPRUNE_TEACHER`` /
-``YOLOPRUNE_KD_WEIGHT``, so DDP subprocesses see it too.
+same checkpoint). The trainer is given the teacher for distillation on the head outputs (a module or a checkpoint
+path), its weight and the sparsity penalty as arguments; only ultralytics' DDP workers, which build this class again
+from a generated script, get them through the environment (``ddp_environment`` writes it, ``from_ddp_environment``
+reads it back: the only place the environment is used), with an in-memory teacher written to the run folder first.
 
 Every checkpoint the trainer reads (the model, ``last.pt`` on resume and NaN recovery, ``best.pt`` for the final
 validation) goes through ``yoloprune.io.load_checkpoint``, never through ultralytics' full unpickling.
@@ -14,6 +16,8 @@ validation) goes through ``yoloprune.io.load_checkpoint``, never through ultraly
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,15 +26,17 @@ from typing import Any
 import torch
 import ultralytics.engine.trainer as stock_trainer
 from torch import nn
+from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yoloprune.data.datasets import DatasetError
-from yoloprune.train.kd import head_kd
+from yoloprune.train.kd import kd_loss
 from yoloprune.train.label_cache import label_cache_in
 
-TEACHER_ENV, WEIGHT_ENV, SPARSITY_ENV = "YOLOPRUNE_TEACHER", "YOLOPRUNE_KD_WEIGHT", "YOLOPRUNE_SPARSITY"
-SPARSITY_KIND_ENV = "YOLOPRUNE_SPARSITY_KIND"  # "bn" (network slimming) or "group" (group lasso)
+RECOVERY_ENV = "YOLOPRUNE_RECOVERY"  # the trainer's settings, for ultralytics' DDP workers only (JSON)
+DDP_TEACHER = "teacher.pt"  # an in-memory teacher, written into the run folder for DDP workers
 
 
 class DistillCriterion:
@@ -45,7 +51,7 @@ class DistillCriterion:
             return loss, {**items, "kd_loss": torch.zeros((), device=loss.device)}
         with torch.no_grad():
             teacher = self.teacher(batch["img"])
-        kd = head_kd(preds, teacher) * self.weight
+        kd = kd_loss(preds, teacher) * self.weight
         return loss + kd * batch["img"].shape[0], {**items, "kd_loss": kd.detach()}
 
     def update(self) -> None:  # ultralytics calls this on criteria that schedule themselves
@@ -90,25 +96,60 @@ def _restricted_reads() -> Iterator[None]:
         stock_trainer.load_checkpoint = original
 
 
-def load_teacher(path: str, device: torch.device) -> nn.Module:
+def load_teacher(teacher: nn.Module | str | Path, device: torch.device) -> nn.Module:
+    """The frozen fp32 teacher on ``device``: a copy of a module (the caller's is left as it is), or the model of a
+    checkpoint read through yoloprune's restricted loader."""
     from yoloprune.io import load_checkpoint
 
-    ckpt = load_checkpoint(path)
-    net = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(net, nn.Module):
-        raise ValueError(f"{path} holds no model to distil from")
+    if isinstance(teacher, nn.Module):
+        net = copy.deepcopy(teacher)
+    else:
+        ckpt = load_checkpoint(teacher)
+        net = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"{teacher} holds no model to distil from")
     net = net.float().to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return net
 
 
-class PrunedDetectionTrainer(DetectionTrainer):
-    """ultralytics' ``DetectionTrainer`` that trains the given network as it is (see the module docstring)."""
+def write_checkpoint(net: nn.Module, path: Path) -> Path:
+    """``net`` written as an ultralytics checkpoint the trainer (or stock ``YOLO``) loads."""
+    from yoloprune.adapters import Loaded, adapter
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.add_callback("on_pretrain_routine_end", _attach_teacher)
+    return adapter("ultralytics").save(Loaded(net, "ultralytics", "memory", {"train_args": {}}), path, {}, True)
+
+
+class PrunedDetectionTrainer(DetectionTrainer):
+    """ultralytics' ``DetectionTrainer`` that trains the given network as it is (see the module docstring), adding
+    ``kd_weight`` x distillation from ``teacher`` (a module or a checkpoint path) to the detection loss, and with
+    ``sparsity`` > 0 a sparsity penalty: on every batch norm scale (``sparsity_kind="bn"``) or group lasso over the
+    coupled channels (``"group"``)."""
+
+    def __init__(
+        self,
+        cfg: Any = DEFAULT_CFG,
+        overrides: dict[str, Any] | None = None,
+        _callbacks: dict[str, list[Any]] | None = None,
+        *,
+        teacher: nn.Module | str | Path | None = None,
+        kd_weight: float = 1.0,
+        sparsity: float = 0.0,
+        sparsity_kind: str = "bn",
+    ):
+        self.teacher, self.kd_weight, self.sparsity, self.sparsity_kind = teacher, kd_weight, sparsity, sparsity_kind
+        if RANK != -1 and (given := from_ddp_environment()) is not None:  # a DDP worker, built without arguments
+            self.teacher, self.kd_weight, self.sparsity, self.sparsity_kind = given
+        super().__init__(cfg, overrides, _callbacks)
+        if _attach_teacher not in self.callbacks["on_pretrain_routine_end"]:  # DDP workers may get it from the parent
+            self.add_callback("on_pretrain_routine_end", _attach_teacher)
+
+    def train(self) -> Any:
+        if not self.ddp:
+            return super().train()
+        with ddp_environment(self):
+            return super().train()
 
     def check_resume(self, overrides: dict[str, Any]) -> None:
         with _restricted_reads():
@@ -154,14 +195,14 @@ class PrunedDetectionTrainer(DetectionTrainer):
         return weights
 
     def optimizer_step(self) -> None:
-        """With ``YOLOPRUNE_SPARSITY`` = lambda, add the subgradient of a sparsity penalty before the step: lambda *
-        |gamma| of every batch norm scale (network slimming, a later ``--importance bn`` prune), or with
-        ``YOLOPRUNE_SPARSITY_KIND=group`` lambda * sum_c ||W_c|| over the prunable coupled channels (group lasso)."""
-        strength = float(os.environ.get(SPARSITY_ENV) or 0.0)
+        """With ``sparsity`` = lambda, add the subgradient of a sparsity penalty before the step: lambda * |gamma| of
+        every batch norm scale (network slimming, a later ``--importance bn`` prune), or with ``sparsity_kind="group"``
+        lambda * sum_c ||W_c|| over the prunable coupled channels (group lasso)."""
+        strength = float(self.sparsity or 0.0)
         if strength:
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             net = unwrap_model(self.model)
-            if os.environ.get(SPARSITY_KIND_ENV) == "group":
+            if self.sparsity_kind == "group":
                 if getattr(self, "_lasso", None) is None:
                     self._lasso = group_lasso(net, int(self.args.imgsz))
                 self._lasso.add_gradient(net, strength * scale)
@@ -199,10 +240,45 @@ def group_lasso(net: nn.Module, imgsz: int) -> Any:
 
 def _attach_teacher(trainer: PrunedDetectionTrainer) -> None:
     """After the EMA copy exists (so it never carries the teacher), wrap the model's criterion with distillation."""
-    path = os.environ.get(TEACHER_ENV)
-    if not path:
+    if trainer.teacher is None:
         return
     model = unwrap_model(trainer.model)
     base = model.init_criterion()
-    teacher = load_teacher(path, trainer.device)
-    model.criterion = DistillCriterion(base, teacher, float(os.environ.get(WEIGHT_ENV, "1.0")))
+    model.criterion = DistillCriterion(base, load_teacher(trainer.teacher, trainer.device), float(trainer.kd_weight))
+
+
+@contextlib.contextmanager
+def ddp_environment(trainer: PrunedDetectionTrainer) -> Iterator[None]:
+    """While ultralytics launches its DDP workers: the trainer's settings in ``RECOVERY_ENV`` (an in-memory
+    teacher written to ``DDP_TEACHER`` in the run folder, for the workers to load), and the run folder kept (stock
+    DDP deletes it first, with the checkpoints the workers read)."""
+    teacher = trainer.teacher
+    if isinstance(teacher, nn.Module):
+        teacher = write_checkpoint(teacher, Path(trainer.save_dir) / DDP_TEACHER)
+    settings = {
+        "teacher": str(teacher) if teacher is not None else None,
+        "kd_weight": float(trainer.kd_weight),
+        "sparsity": float(trainer.sparsity or 0.0),
+        "sparsity_kind": str(trainer.sparsity_kind),
+    }
+    previous, resume = os.environ.get(RECOVERY_ENV), trainer.resume
+    os.environ[RECOVERY_ENV] = json.dumps(settings)
+    trainer.resume = True  # read by ultralytics' DDP launch only: the run folder is not deleted
+    try:
+        yield
+    finally:
+        trainer.resume = resume
+        if previous is None:
+            os.environ.pop(RECOVERY_ENV, None)
+        else:
+            os.environ[RECOVERY_ENV] = previous
+
+
+def from_ddp_environment() -> tuple[str | None, float, float, str] | None:
+    """In a DDP worker: the teacher path, kd weight, sparsity and its kind ``ddp_environment`` wrote (None when it
+    wrote nothing)."""
+    text = os.environ.get(RECOVERY_ENV)
+    if not text:
+        return None
+    given = json.loads(text)
+    return given["teacher"], float(given["kd_weight"]), float(given["sparsity"]), str(given["sparsity_kind"])

@@ -1,15 +1,13 @@
 """Labelled batches in ultralytics' format (``img``, ``cls``, normalised xywh ``bboxes``, ``batch_idx``), read
-straight from a dataset: for losses outside ultralytics' trainer (Taylor importance, sensitivity, the training loop of
-the other families)."""
+straight from a dataset: for losses outside ultralytics' trainer (Taylor importance, the training loop of the other
+families)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from yoloprune.data.datasets import load_detection_set
@@ -63,27 +61,3 @@ def labelled_batches(
     dataset = LabelledImages(data, split, imgsz, spec)
     order = np.random.default_rng(seed).permutation(len(dataset))[: batch * count]
     return [collate([dataset[int(i)] for i in order[k : k + batch]]) for k in range(0, len(order), batch)]
-
-
-def detection_loss(batches: list[dict[str, torch.Tensor]]) -> Callable[[nn.Module], torch.Tensor]:
-    """A loss function of an ultralytics network over fixed batches (its own criterion, default gains)."""
-
-    def loss(net: nn.Module) -> torch.Tensor:
-        from ultralytics.cfg import get_cfg
-
-        saved = getattr(net, "args", None)
-        if not hasattr(saved, "box"):
-            gains = (
-                {k: v for k, v in (saved or {}).items() if k in ("box", "cls", "dfl")}
-                if isinstance(saved, dict)
-                else None
-            )
-            net.args = get_cfg(overrides=gains)
-        net.criterion = None
-        net.train()
-        try:
-            return sum(net.loss(b)[0].sum() for b in batches)
-        finally:
-            net.criterion, net.args = None, saved
-
-    return loss
