@@ -116,13 +116,13 @@ def test_steps_reach_the_target_and_the_plan_replays():
 
 def test_latency_target_lands_under_budget(monkeypatch):
     """The search itself, on a deterministic clock (milliseconds proportional to MACs): no test depends on timing."""
+    from yoloprune.export import bench
     from yoloprune.graph.counting import count_macs
-    from yoloprune.pruning import latency
 
     def clock(model, imgsz, threads, runs=20):
         return count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e6
 
-    monkeypatch.setattr(latency, "measure", clock)
+    monkeypatch.setattr(bench, "module_latency", clock)
     model = yolo()
     budget = 0.8 * clock(model, 128, 1)
     report = yoloprune.prune(model, torch.zeros(1, 3, 128, 128), target_latency_ms=budget, latency_threads=1)

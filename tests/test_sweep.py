@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from yoloprune.adapters import Loaded
 from yoloprune.adapters.ultralytics import from_config, save
 from yoloprune.cli import main
 from yoloprune.data import synthesize
+from yoloprune.workflows import pipeline
 from yoloprune.workflows import sweep as sweep_module
 
 
@@ -53,10 +55,10 @@ def test_sweep_writes_every_point_and_resumes(setup, tmp_path, monkeypatch, caps
     assert json.loads((out / "results.json").read_text())[1]["onnx"].endswith(".onnx")
     (out / "points" / "0.400.json").unlink()
     calls = []
-    real = sweep_module.measure_point
-    monkeypatch.setattr(sweep_module, "measure_point", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = pipeline.measure
+    monkeypatch.setattr(pipeline, "measure", lambda *a, **k: calls.append(Path(a[0]).name) or real(*a, **k))
     assert main(argv) == 0
-    assert calls == [0.4]  # only the missing point was recomputed
+    assert calls == ["pruned-0.400.pt"]  # only the missing point was recomputed
 
 
 def test_sweep_with_finetuning(setup, tmp_path):

@@ -21,10 +21,11 @@ from yoloprune.adapters import resolve
 from yoloprune.adapters.ultralytics import from_config
 from yoloprune.cli import main
 from yoloprune.data import synthesize
+from yoloprune.data.batches import LabelledImages
 from yoloprune.data.datasets import load_detection_set
 from yoloprune.evaluate.coco import Runner, evaluate
 from yoloprune.images import Preprocess, image_size, read_image
-from yoloprune.train.batches import LabelledImages
+from yoloprune.workflows import pipeline
 from yoloprune.workflows import sweep as sweep_module
 from yoloprune.workflows.sensitivity import write_ratios
 
@@ -385,13 +386,13 @@ def finished_sweep(dataset, tmp_path_factory):
     argv = ["sweep", model, "--data", str(dataset / "data.yaml"), "-o", str(out), "--targets", "0.7"]
     argv += ["--imgsz", "32"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep_module, "measure_point", _fake_point)
+        mp.setattr(pipeline, "measure", _fake_measure)
         assert main(argv) == 0
     return argv, model, other, out
 
 
-def _fake_point(target, checkpoint, *args):
-    return sweep_module.Point(target, 1, 1, 0.5, 0.5, 1.0, str(checkpoint), "x.onnx", 0.0)
+def _fake_measure(checkpoint, *args, **kwargs):
+    return pipeline.Measured(1, 1, 0.5, 0.5, 1.0, Path("x.onnx"), 0.0)
 
 
 def _replace(argv: list[str], flag: str, value: str | None) -> list[str]:
@@ -421,7 +422,7 @@ def _replace(argv: list[str], flag: str, value: str | None) -> list[str]:
 def test_a_sweep_folder_made_otherwise_is_refused(finished_sweep, capsys, monkeypatch, change, message):
     argv, model, other, out = finished_sweep
     before = {p: _digest(p) for p in sorted(out.rglob("*")) if p.is_file()}
-    monkeypatch.setattr(sweep_module, "measure_point", _fake_point)
+    monkeypatch.setattr(pipeline, "measure", _fake_measure)
     assert main(change(argv, model, other)) == 2
     err = _err(capsys)
     assert err.startswith(f"yoloprune sweep: error: {out} holds a sweep made with other settings (") and message in err
@@ -434,9 +435,9 @@ def test_a_sweep_folder_made_the_same_way_is_resumed(finished_sweep, tmp_path, m
     copy = tmp_path / "again"
     shutil.copytree(out, copy)
     calls = []
-    monkeypatch.setattr(sweep_module, "measure_point", lambda *a: calls.append(a[0]) or _fake_point(*a))
+    monkeypatch.setattr(pipeline, "measure", lambda *a, **k: calls.append(Path(a[0]).name) or _fake_measure(*a))
     assert main(_replace(_replace(argv, "--targets", "0.7,0.5"), "-o", str(copy))) == 0
-    assert calls == [0.5]  # more targets: only the new point is computed, the others are reused
+    assert calls == ["pruned-0.500.pt"]  # more targets: only the new point is computed, the others are reused
 
 
 def test_sweep_points_without_their_settings_are_refused(finished_sweep, tmp_path, capsys):

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import yoloprune
 from yoloprune.adapters import load_model, save_model
+from yoloprune.data.batches import labelled_batches
 from yoloprune.evaluate.coco import evaluate
 from yoloprune.images import example_input
+from yoloprune.pruning.taylor import detection_loss
 from yoloprune.train import finetune
-from yoloprune.train.batches import detection_loss, labelled_batches
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prune": "yoloprune.pruning.run",
+    "prune": "yoloprune.workflows.pipeline",
     "PruneReport": "yoloprune.pruning.run",
     "load": "yoloprune.adapters",
     "finetune": "yoloprune.train.recover",

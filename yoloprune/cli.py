@@ -35,38 +35,27 @@ def _human(n: float) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from yoloprune.adapters import load_model, save_model
-    from yoloprune.images import example_input
+    from yoloprune.adapters import load_model
     from yoloprune.io import check_output
-    from yoloprune.pruning.run import prune
+    from yoloprune.pruning.settings import PruneSettings
+    from yoloprune.workflows.pipeline import prune_to_file, summary
 
     out = check_output(args.output, [args.model], args.overwrite)
-    x = example_input(args.imgsz)
-    loaded = load_model(args.model, args.family)
-    taylor_loss, between = None, None
     if (args.importance == "taylor" or args.finetune_epochs) and not args.data:
         raise ValueError("--importance taylor and --finetune-epochs need --data (a labelled data yaml)")
-    if args.importance == "taylor":
-        from yoloprune.train.batches import detection_loss, labelled_batches
-
-        taylor_loss = detection_loss(labelled_batches(args.data, args.imgsz))
-    if args.finetune_epochs:
-        between = _between_steps(loaded, args, out.parent / f"{out.stem}-steps")
     unit_ratios, units_by = None, "stage"
     if args.ratios_from:
         from yoloprune.workflows.sensitivity import read_ratios
 
         chosen = read_ratios(args.ratios_from)
         unit_ratios, units_by = chosen["ratios"], chosen["by"]
-    report = prune(
-        loaded.model,
-        x,
+    settings = PruneSettings(  # every option checked before the model is read
         ratio=args.ratio,
         unit_ratios=unit_ratios,
         units_by=units_by,
         importance=args.importance,
         seed=args.seed,
-        ignore=args.ignore,
+        ignore=tuple(args.ignore),
         target_macs=args.target_macs,
         target_params=args.target_params,
         target_latency_ms=args.target_latency_ms,
@@ -77,25 +66,31 @@ def _prune(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         aggregate=args.aggregate,
         steps=args.steps,
-        between_steps=between,
-        taylor_loss=taylor_loss,
         protect_first=not args.prune_first,
         prune_head=args.prune_head,
-        family=loaded.family,
+        family=args.family,
     )
-    summary = {k: v for k, v in report.to_dict().items() if k != "removed"}
-    section = {
-        "format": 1,
-        "version": __version__,
-        "imgsz": args.imgsz,
-        "source": str(args.model),
-        "settings": report.settings,
-        "plan": report.plan,
-        "report": summary,
-    }
-    save_model(loaded, out, section, args.overwrite)
+    loaded = load_model(args.model, args.family)
+    settings.family = loaded.family
+    taylor_loss, between = None, None
+    if args.importance == "taylor":
+        from yoloprune.pruning.taylor import taylor_loss_from
+
+        taylor_loss = taylor_loss_from(args.data, args.imgsz)
+    if args.finetune_epochs:
+        between = _between_steps(loaded, args, out.parent / f"{out.stem}-steps")
+    report = prune_to_file(
+        loaded,
+        args.imgsz,
+        settings,
+        out,
+        overwrite=args.overwrite,
+        taylor_loss=taylor_loss,
+        between_steps=between,
+        source=str(args.model),
+    )
     if args.json:
-        print(json.dumps({"output": str(out), **summary}, indent=1))
+        print(json.dumps({"output": str(out), **summary(report)}, indent=1))
         return 0
     how = next(
         f"{k.replace('_', ' ')} {v}"
@@ -123,24 +118,24 @@ def _between_steps(loaded, args: argparse.Namespace, folder: Path):
     from yoloprune.adapters import save_model
     from yoloprune.evaluate.coco import evaluate
     from yoloprune.io import load_checkpoint
-    from yoloprune.train import finetune
+    from yoloprune.workflows.pipeline import default_teacher, recover
 
-    teacher = args.model if Path(args.model).suffix == ".pt" else None
+    teacher = default_teacher(args.model)
     base = evaluate(loaded.model, args.data, imgsz=args.imgsz).map50_95 if args.max_drop is not None else None
 
     def callback(step: int, model) -> bool:
         checkpoint = save_model(loaded, folder / f"step{step}.pt", {}, overwrite=True)
-        result = finetune(
+        best = recover(
             checkpoint,
             args.data,
-            epochs=args.finetune_epochs,
             teacher=teacher,
+            epochs=args.finetune_epochs,
             imgsz=args.imgsz,
             batch=args.batch,
             out=folder / f"step{step}",
             overwrite=True,
         )
-        loaded.model.load_state_dict(load_checkpoint(result.best)["model"].float().state_dict())
+        loaded.model.load_state_dict(load_checkpoint(best)["model"].float().state_dict())
         if base is None:
             return True
         current = evaluate(loaded.model, args.data, imgsz=args.imgsz).map50_95

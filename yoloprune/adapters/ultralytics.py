@@ -255,5 +255,20 @@ def raw_outputs(out: Any) -> None:
 
 
 def train_loss(net: nn.Module, imgsz: int) -> Any:
-    """ultralytics models train with ultralytics' own trainer (``yoloprune.finetune``), not yoloprune's loop."""
-    raise ValueError("ultralytics models train with their own trainer: use yoloprune.finetune")
+    """ultralytics' own criterion for ``net`` (the gains the model carries, else ultralytics' defaults), as
+    ``loss(batch) -> tensor``; the model's ``args`` and ``criterion`` are left as they were."""
+    from ultralytics.cfg import get_cfg
+
+    saved = getattr(net, "args", None)
+    gains = {k: v for k, v in saved.items() if k in ("box", "cls", "dfl")} if isinstance(saved, dict) else None
+    args = saved if hasattr(saved, "box") else get_cfg(overrides=gains)
+
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        kept = getattr(net, "args", None), getattr(net, "criterion", None)
+        net.args, net.criterion = args, None
+        try:
+            return net.loss(batch)[0].sum()
+        finally:
+            net.args, net.criterion = kept
+
+    return loss

@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from yoloprune.data.datasets import DatasetError, DetectionSet, load_detection_set
-from yoloprune.graph.tracer import tensors_in
+from yoloprune.graph.nest import tensors_in
 from yoloprune.images import Preprocess, check_imgsz, letterbox, read_image, to_tensor
 from yoloprune.options import check_numbers
 

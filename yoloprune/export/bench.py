@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from yoloprune.export.onnx import export_onnx, family_hooks, read_metadata, session
 from yoloprune.graph.counting import count_macs, count_params
@@ -141,3 +142,13 @@ def bench(model: str | Path, imgsz: int = 640, threads: int = 1, runs: int = 50,
     return BenchResult(
         str(model), imgsz, threads, macs, params, ort_timing, torch_latency(deploy, imgsz, threads, runs, warmup)
     )
+
+
+def module_latency(model: nn.Module, imgsz: int, threads: int, runs: int = 20) -> float:
+    """p50 milliseconds of ``model`` exported to ONNX (verified) and run by onnxruntime on this machine."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.onnx"
+        export_onnx(model, path, imgsz=imgsz)
+        return onnx_latency(path, imgsz, threads, runs=runs, warmup=5).p50

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from yoloprune.graph.tracer import tensors_in
+from yoloprune.graph.nest import tensors_in
 
 
 class NMSHead(nn.Module):

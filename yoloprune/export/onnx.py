@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from yoloprune.adapters import GENERIC, Adapter, adapter, resolve
-from yoloprune.graph.tracer import tensors_in
+from yoloprune.graph.nest import tensors_in
 from yoloprune.images import Preprocess, check_imgsz, list_images, load_batch, sample_image
 from yoloprune.io import write_atomic
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from yoloprune.graph import Graph
+from yoloprune.graph.records import Member
 from yoloprune.graph.surgery import _tensor
-from yoloprune.graph.tracer import Member
 from yoloprune.options import AGGREGATES, CRITERIA
 
 LossFn = Callable[[nn.Module], torch.Tensor]

@@ -1,27 +1,17 @@
-"""Search the MACs fraction whose pruned model runs under a latency budget (onnxruntime CPU, this machine)."""
+"""Search the MACs fraction whose pruned model runs under a latency budget. The search wraps pruning and timing: it
+is handed a function that prunes a copy to a MACs fraction and one that times a model (``yoloprune.prune`` gives it
+onnxruntime on this machine), and calls neither by name."""
 
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from yoloprune.graph.surgery import PruneError
-
-
-def measure(model: nn.Module, imgsz: int, threads: int, runs: int = 20) -> float:
-    """p50 milliseconds of ``model`` exported to ONNX (verified) and run by onnxruntime."""
-    from yoloprune.export.bench import onnx_latency
-    from yoloprune.export.onnx import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "probe.onnx"
-        export_onnx(model, path, imgsz=imgsz)
-        return onnx_latency(path, imgsz, threads, runs=runs, warmup=5).p50
+from yoloprune.pruning.select import UnreachableTarget
 
 
 def fraction_for_latency(
@@ -31,12 +21,13 @@ def fraction_for_latency(
     imgsz: int | None,
     threads: int,
     prune_to: Callable[[nn.Module, float], Any],
+    measure: Callable[[nn.Module, int, int], float],
     iterations: int = 6,
 ) -> tuple[float, float]:
     """The largest MACs fraction (least pruning) whose pruned copy measures at most ``target_ms``; returns the
-    fraction and its measured latency. ``prune_to(copy, fraction)`` prunes a copy to a MACs fraction."""
+    fraction and its measured latency. ``prune_to(copy, fraction)`` prunes a copy to a MACs fraction;
+    ``measure(model, imgsz, threads)`` times one in milliseconds."""
     from yoloprune.adapters import resolve
-    from yoloprune.pruning.run import UnreachableTarget
 
     imgsz = imgsz or int(example_inputs.shape[-1])
     base = resolve(model).module

@@ -1,10 +1,12 @@
-"""``yoloprune.pruning.run``: rank channels, remove them physically, check the result, report what changed."""
+"""Pruning a model by ratio or MACs/params target: score channels, choose them (``select``), remove them physically
+and check the forward (``_apply``), and report what changed (``_report``). ``yoloprune.prune`` (in
+``workflows.pipeline``) adds latency targets on top, timing candidates with onnxruntime."""
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,21 +20,13 @@ from yoloprune.graph.plan import compose
 from yoloprune.graph.registry import Policy
 from yoloprune.graph.smoke import smoke_test
 from yoloprune.graph.surgery import PruneError, Removal, Snapshot, remove_channels
-from yoloprune.options import check_numbers
-from yoloprune.pruning.importance import CRITERIA, channel_scores, check_scores
-from yoloprune.pruning.select import Selection, finish, search, uniform_counts, unit_counts
-
-
-class UnreachableTarget(PruneError):
-    """A MACs/params target below what the frozen layers and ``max_ratio`` allow; ``reached`` is the least possible."""
-
-    def __init__(self, message: str, reached: float):
-        super().__init__(message)
-        self.reached = reached
-
+from yoloprune.pruning.importance import channel_scores, check_scores
+from yoloprune.pruning.select import Goal, Selection, choose, goal_for_step
+from yoloprune.pruning.settings import PruneSettings
 
 MAX_ATTEMPTS = 10
 Scorer = Callable[[nn.Module, Any], np.ndarray]
+TaylorLoss = Callable[[nn.Module], Any]
 
 
 @dataclass
@@ -79,45 +73,6 @@ class PruneReport:
         )
 
 
-@dataclass
-class Goal:
-    """What one step aims at: a uniform ratio, or a MACs/params fraction of the model the step starts from."""
-
-    ratio: float | None = None
-    metric: str = "macs"
-    fraction: float | None = None
-    units: dict[str, float] | None = None
-    by: str = "stage"
-
-
-def _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps, max_ratio, importance) -> None:
-    given = [
-        n
-        for n, v in (
-            ("ratio", ratio),
-            ("target_macs", target_macs),
-            ("target_params", target_params),
-            ("target_latency_ms", target_latency_ms),
-        )
-        if v is not None
-    ]
-    if len(given) > 1:
-        raise ValueError(f"give one of ratio, target_macs, target_params, target_latency_ms (got {', '.join(given)})")
-    check_numbers(
-        ratio=ratio,
-        target_macs=target_macs,
-        target_params=target_params,
-        target_latency_ms=target_latency_ms,
-        max_ratio=max_ratio,
-    )
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer, got {round_to}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps}")
-    if not callable(importance) and importance not in CRITERIA:  # aggregate is checked by channel_scores
-        raise ValueError(f"unknown importance {importance!r}; choose one of {', '.join(CRITERIA)}")
-
-
 def first_layer(net: nn.Module) -> str | None:
     """The first convolution or linear layer in registration order (protected by default)."""
     for name, m in net.named_modules():
@@ -129,223 +84,88 @@ def first_layer(net: nn.Module) -> str | None:
 def prune(
     model: nn.Module,
     example_inputs: Any,
-    ratio: float | None = None,
-    importance: str | Scorer = "l2",
-    seed: int = 0,
-    ignore: Sequence[str] = (),
+    settings: PruneSettings,
     *,
-    target_macs: float | None = None,
-    target_params: float | None = None,
-    target_latency_ms: float | None = None,
-    latency_imgsz: int | None = None,
-    latency_threads: int = 1,
-    unit_ratios: dict[str, float] | None = None,
-    units_by: str = "stage",
-    global_ranking: bool = False,
-    max_ratio: float = 0.8,
-    round_to: int = 1,
-    aggregate: str = "mean",
-    normalize_layers: bool = False,
-    taylor_loss: Callable[[nn.Module], Any] | None = None,
-    data: str | None = None,
-    steps: int = 1,
+    taylor_loss: TaylorLoss | None = None,
     between_steps: Callable[[int, nn.Module], bool | None] | None = None,
-    protect_first: bool = True,
-    prune_head: bool = False,
-    family: str | None = None,
     policies: Mapping[Any, Policy] | None = None,
-    verify: bool = False,
-    tolerance: float = 1e-4,
 ) -> PruneReport:
-    """Remove channels from ``model`` in place and return what changed.
+    """Remove channels from ``model`` in place by ratio or MACs/params target and return what changed.
+    ``yoloprune.prune`` is the public entry: it builds ``settings`` from keywords and adds latency targets."""
+    if settings.target_latency_ms is not None:
+        raise ValueError("a latency target is met by yoloprune.prune, which times candidates with onnxruntime")
+    return _prune(model, example_inputs, settings, taylor_loss, between_steps, policies)
 
-    How much: ``ratio`` (each prunable group loses that fraction; default 0.3 when no target is given), or
-    ``target_macs`` / ``target_params`` (a fraction of the original, reached within about 2%), or
-    ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``),
-    or ``unit_ratios`` (a ratio per stage or group, e.g. from ``yoloprune sensitivity``; ``units_by``).
-    Which: ``importance`` ranks channels ("l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
-    ``data`` yaml, "random", or a callable
-    ``(model, graph) -> scores``), combining a group's members with ``aggregate`` (``normalize_layers`` first
-    divides each member by its mean);
-    ``global_ranking`` compares group-normalised scores across groups, each group losing at most ``max_ratio``.
-    ``round_to`` keeps every pruned group's channel count a multiple of N. ``steps`` > 1 prunes toward the target in
-    that many steps, calling ``between_steps(step, model)`` after each but the last (a short fine-tune); it may
-    return False to stop early.
 
-    What is kept: the family's outputs (recognised from its classes: ultralytics, YOLOv5, YOLOv7, YOLOX, or any
-    ``nn.Module``), the detection head unless ``prune_head``, the first layer unless ``protect_first`` is False,
-    and modules matching the ``ignore`` globs. ``policies`` adds ``Policy`` entries for custom blocks. The pruned
-    forward is checked after every step; ``verify`` also checks the exactness property on ``example_inputs``.
-    """
+def _prune(
+    model: nn.Module,
+    example_inputs: Any,
+    s: PruneSettings,
+    taylor_loss: TaylorLoss | None,
+    between_steps: Callable[[int, nn.Module], bool | None] | None,
+    policies: Mapping[Any, Policy] | None,
+) -> PruneReport:
+    """Prune in ``s.steps`` steps: each scores, chooses and applies; then the report (and the exactness check)."""
     start = time.perf_counter()
-    if (
-        ratio is None
-        and target_macs is None
-        and target_params is None
-        and target_latency_ms is None
-        and not unit_ratios
-    ):
-        ratio = 0.3
-    if unit_ratios and (ratio is not None or steps > 1):
-        raise ValueError("unit_ratios replaces ratio and targets, in one step")
-    _check(ratio, target_macs, target_params, target_latency_ms, round_to, steps, max_ratio, importance)
-    if importance == "taylor" and taylor_loss is None and data is not None:
-        from yoloprune.train.batches import detection_loss, labelled_batches
-
-        taylor_loss = detection_loss(labelled_batches(data, int(example_inputs.shape[-1])))
-    settings = {
-        "ratio": ratio,
-        "unit_ratios": unit_ratios,
-        "target_macs": target_macs,
-        "target_params": target_params,
-        "target_latency_ms": target_latency_ms,
-        "importance": importance if isinstance(importance, str) else "custom",
-        "seed": seed,
-        "ignore": list(ignore),
-        "global_ranking": global_ranking,
-        "max_ratio": max_ratio,
-        "round_to": round_to,
-        "aggregate": aggregate,
-        "normalize_layers": normalize_layers,
-        "steps": steps,
-        "protect_first": protect_first,
-        "prune_head": prune_head,
-    }
-    if target_latency_ms is not None:
-        from yoloprune.pruning.latency import fraction_for_latency
-
-        target_macs, latency = fraction_for_latency(
-            model,
-            example_inputs,
-            target_latency_ms,
-            latency_imgsz,
-            latency_threads,
-            lambda m, t: prune(
-                m,
-                example_inputs,
-                None,
-                importance,
-                seed,
-                ignore,
-                target_macs=t,
-                global_ranking=global_ranking,
-                max_ratio=max_ratio,
-                round_to=round_to,
-                aggregate=aggregate,
-                normalize_layers=normalize_layers,
-                taylor_loss=taylor_loss,
-                protect_first=protect_first,
-                prune_head=prune_head,
-                family=family,
-                policies=policies,
-            ),
-        )
-        settings["latency_search_macs"] = target_macs
-    if verify and steps > 1:
-        raise ValueError("verify checks a single-step prune; use steps=1")
-    reference = copy.deepcopy(resolve(model, family, prune_head).module) if verify else None
-    first_target = resolve(model, family=family, prune_head=prune_head)
-    macs_before = params_before = None
-    removed_total: dict[str, list[int]] = {}
-    sizes_total: dict[str, int] = {}
-    notes: list[str] = []
-    steps_done = channels_removed = groups_pruned = 0
-    for step in range(1, steps + 1):
-        target = resolve(model, family=family, prune_head=prune_head)
+    reference = copy.deepcopy(resolve(model, s.family, s.prune_head).module) if s.verify else None
+    family = resolve(model, family=s.family, prune_head=s.prune_head).family
+    totals: dict[str, Any] = {"removed": {}, "sizes": {}, "channels": 0, "groups": 0, "notes": [], "steps": 0}
+    before: tuple[int, int] | None = None
+    for step in range(1, s.steps + 1):
+        target = resolve(model, family=s.family, prune_head=s.prune_head)
         goal = (
-            Goal(units=unit_ratios, by=units_by)
-            if unit_ratios
-            else _goal(step, steps, ratio, target_macs, target_params)
+            Goal(units=s.unit_ratios, by=s.units_by)
+            if s.unit_ratios
+            else goal_for_step(step, s.steps, s.ratio, s.target_macs, s.target_params)
         )
-        extra = [n for n in (first_layer(target.module),) if protect_first and n]
-
-        def scorer(net: nn.Module, graph: Any) -> np.ndarray:
-            if callable(importance):
-                return check_scores(importance(net, graph), graph, importance)
-            return channel_scores(
-                net,
-                graph,
-                importance,
-                seed,
-                aggregate=aggregate,
-                normalize_layers=normalize_layers,
-                taylor_loss=taylor_loss,
-            )
-
-        outcome = _step(
-            target,
-            example_inputs,
-            goal,
-            scorer,
-            tuple(ignore) + tuple(extra),
-            policies,
-            global_ranking,
-            max_ratio,
-            round_to,
+        protected = tuple(n for n in (first_layer(target.module),) if s.protect_first and n)
+        removal, graph, selection, macs_after, notes = _apply(
+            target, example_inputs, goal, _scorer(s, taylor_loss), (*s.ignore, *protected), policies, s
         )
-        removal, graph, selection, smoke_macs, step_notes = outcome
-        notes.extend(step_notes)
-        channels_removed += int(selection.removed.sum())
-        groups_pruned = max(groups_pruned, sum(1 for k in selection.counts.values() if k > 0))
-        if macs_before is None:
-            macs_before, params_before = graph.trace.macs, int(sum(graph.trace.numels.values()))
-        removed_total = compose(removed_total, sizes_total, removal.modules) if removed_total else removal.modules
-        sizes_total = {**removal.sizes, **sizes_total}
+        before = before or (graph.trace.macs, int(sum(graph.trace.numels.values())))
+        _accumulate(totals, removal, selection, notes)
         _record(target, removal)
-        steps_done = step
-        if step < steps and between_steps is not None and between_steps(step, model) is False:
-            notes.append(f"stopped after step {step} of {steps}: between_steps asked to stop")
+        totals["steps"] = step
+        if step < s.steps and between_steps is not None and between_steps(step, model) is False:
+            totals["notes"].append(f"stopped after step {step} of {s.steps}: between_steps asked to stop")
             break
-    final = resolve(model, family=family, prune_head=prune_head)
-    report = PruneReport(
-        removed=removed_total,
-        macs_before=macs_before,
-        macs_after=smoke_macs,
-        params_before=params_before,
-        params_after=int(sum(p.numel() for p in final.module.parameters())),
-        groups_pruned=groups_pruned,
-        channels_removed=channels_removed,
-        seconds=0.0,
-        family=first_target.family,
-        settings=settings,
-        notes=notes,
-        steps_done=steps_done,
-        plan=dict(final.history) if final.history else {"removed": removed_total, "sizes": sizes_total},
-        removal=removal,
-    )
-    if target_latency_ms is not None:
-        report.latency_ms = latency
+    report = _report(model, s, family, before, macs_after, totals, removal)
     if reference is not None:
+        final = resolve(model, family=s.family, prune_head=s.prune_head)
         zero_producers(reference, removal)
         report.max_difference = max_relative_difference(reference, final.module, example_inputs, final.outputs)
-        if report.max_difference > tolerance:
+        if report.max_difference > s.tolerance:
             raise PruneError(f"exactness check failed: outputs differ by {report.max_difference:.3g} (relative)")
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _goal(step: int, steps: int, ratio: float | None, macs: float | None, params: float | None) -> Goal:
-    """Step ``step`` of ``steps``: an equal share of the way, as a fraction of the model the step starts from."""
-    if ratio is not None:
-        return Goal(ratio=1 - (1 - ratio) ** (1 / steps))
-    metric, total = ("macs", macs) if macs is not None else ("params", params)
-    before = 1 - (1 - total) * (step - 1) / steps
-    after = 1 - (1 - total) * step / steps
-    return Goal(metric=metric, fraction=after / before)
+def _scorer(s: PruneSettings, taylor_loss: TaylorLoss | None) -> Scorer:
+    """Channel scores for a graph: the settings' criterion, or the caller's function (its scores checked)."""
+    importance = s.importance
+
+    def scorer(net: nn.Module, graph: Any) -> np.ndarray:
+        if callable(importance):
+            return check_scores(importance(net, graph), graph, importance)
+        return channel_scores(
+            net, graph, importance, s.seed, aggregate=s.aggregate, normalize_layers=s.normalize_layers,
+            taylor_loss=taylor_loss,
+        )
+
+    return scorer
 
 
-def _step(
+def _apply(
     target: Target,
     example_inputs: Any,
     goal: Goal,
     scorer: Scorer,
     ignore: tuple[str, ...],
     policies: Mapping[Any, Policy] | None,
-    global_ranking: bool,
-    max_ratio: float,
-    round_to: int,
+    s: PruneSettings,
 ) -> tuple[Removal, Any, Selection, int, list[str]]:
-    """One prune of the current model, retried with a module's inputs and outputs frozen if forward breaks."""
+    """One step on the current model: trace, score, choose, remove; retried with a module's inputs and outputs
+    frozen when the pruned forward breaks there."""
     net = target.module
     ignore = tuple(target.ignore) + ignore
     policies = {**target.policies, **(policies or {})}
@@ -355,48 +175,8 @@ def _step(
         graph = build(
             net, example_inputs, outputs=target.outputs, ignore=ignore, policies=policies, frozen_io=frozen_io
         )
-        scores = scorer(net, graph)
-        if goal.units is not None:
-            selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
-        elif goal.ratio is not None:
-            selection = finish(graph, scores, uniform_counts(graph, goal.ratio, max_ratio), round_to)
-            if global_ranking:
-                macs_goal = selection.macs / max(graph.trace.macs, 1)
-                selection = search(
-                    graph, scores, target=macs_goal, global_ranking=True, max_ratio=max_ratio, round_to=round_to
-                )
-        else:
-            selection = search(
-                graph,
-                scores,
-                target=goal.fraction,
-                metric=goal.metric,
-                global_ranking=global_ranking,
-                max_ratio=max_ratio,
-                round_to=round_to,
-            )
-            base = graph.trace.macs if goal.metric == "macs" else sum(graph.trace.numels.values())
-            got = (selection.macs if goal.metric == "macs" else selection.params) / max(base, 1)
-            if got > goal.fraction + 0.02:
-                raise UnreachableTarget(
-                    f"cannot reach {goal.metric} {goal.fraction:.3f} of the original: {got:.3f} is the least "
-                    f"possible with max_ratio {max_ratio} and the frozen layers; raise the target or --max-ratio",
-                    got,
-                )
-            if abs(got - goal.fraction) > 0.02:
-                notes.append(
-                    f"{goal.metric} target {goal.fraction:.3f} of this step landed at {got:.3f} (round_to={round_to})"
-                )
-        if selection.rounded or selection.too_small:
-            notes.append(
-                f"round_to={round_to}: rounded {selection.rounded} group counts; "
-                f"{len(selection.too_small)} groups smaller than {round_to} kept whole"
-            )
-        if not selection.removed.any():
-            raise PruneError(
-                f"nothing to prune: the settings remove no channel from the {len(graph.prunable_groups)} prunable "
-                f"groups (of {len(graph.groups)}); raise the ratio or loosen ignore"
-            )
+        selection, chosen = choose(graph, scorer(net, graph), goal, s.global_ranking, s.max_ratio, s.round_to)
+        notes.extend(chosen)
         snapshot = Snapshot(net)
         removal = remove_channels(net, graph, selection.removed, policies)
         smoke = smoke_test(net, example_inputs, meta=graph.trace.device == "meta")
@@ -408,6 +188,47 @@ def _step(
         frozen_io.add(smoke.module)
         notes.append(f"kept the channels around {smoke.module}: its forward failed after pruning ({smoke.error})")
     raise PruneError(f"the pruned model still fails after freezing {sorted(frozen_io)}")
+
+
+def _accumulate(totals: dict[str, Any], removal: Removal, selection: Selection, notes: list[str]) -> None:
+    """Fold one step into the running totals (the plan composed in the original numbering)."""
+    totals["notes"].extend(notes)
+    totals["channels"] += int(selection.removed.sum())
+    totals["groups"] = max(totals["groups"], sum(1 for k in selection.counts.values() if k > 0))
+    if totals["removed"]:
+        totals["removed"] = compose(totals["removed"], totals["sizes"], removal.modules)
+    else:
+        totals["removed"] = removal.modules
+    totals["sizes"] = {**removal.sizes, **totals["sizes"]}
+
+
+def _report(
+    model: nn.Module,
+    s: PruneSettings,
+    family: str,
+    before: tuple[int, int] | None,
+    macs_after: int,
+    totals: dict[str, Any],
+    removal: Removal,
+) -> PruneReport:
+    final = resolve(model, family=s.family, prune_head=s.prune_head)
+    macs_before, params_before = before or (0, 0)
+    return PruneReport(
+        removed=totals["removed"],
+        macs_before=macs_before,
+        macs_after=macs_after,
+        params_before=params_before,
+        params_after=int(sum(p.numel() for p in final.module.parameters())),
+        groups_pruned=totals["groups"],
+        channels_removed=totals["channels"],
+        seconds=0.0,
+        family=family,
+        settings=s.record(),
+        notes=totals["notes"],
+        steps_done=totals["steps"],
+        plan=dict(final.history) if final.history else {"removed": totals["removed"], "sizes": totals["sizes"]},
+        removal=removal,
+    )
 
 
 def _record(target: Target, removal: Removal) -> None:

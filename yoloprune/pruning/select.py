@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from yoloprune.graph import Graph
+from yoloprune.graph.surgery import PruneError
 
 
 @dataclass
@@ -161,3 +162,82 @@ def search(
             lo = mid
         best = min((best, sel), key=lambda s: abs(value(s) - goal))
     return best
+
+
+class UnreachableTarget(PruneError):
+    """A MACs/params target below what the frozen layers and ``max_ratio`` allow; ``reached`` is the least possible."""
+
+    def __init__(self, message: str, reached: float):
+        super().__init__(message)
+        self.reached = reached
+
+
+@dataclass
+class Goal:
+    """What one step aims at: a uniform ratio, per-unit ratios, or a MACs/params fraction of the model the step
+    starts from."""
+
+    ratio: float | None = None
+    metric: str = "macs"
+    fraction: float | None = None
+    units: dict[str, float] | None = None
+    by: str = "stage"
+
+
+def goal_for_step(step: int, steps: int, ratio: float | None, macs: float | None, params: float | None) -> Goal:
+    """Step ``step`` of ``steps``: an equal share of the way, as a fraction of the model the step starts from."""
+    if ratio is not None:
+        return Goal(ratio=1 - (1 - ratio) ** (1 / steps))
+    metric, total = ("macs", macs) if macs is not None else ("params", params)
+    before = 1 - (1 - total) * (step - 1) / steps
+    after = 1 - (1 - total) * step / steps
+    return Goal(metric=metric, fraction=after / before)
+
+
+def choose(
+    graph: Graph, scores: np.ndarray, goal: Goal, global_ranking: bool, max_ratio: float, round_to: int
+) -> tuple[Selection, list[str]]:
+    """The channels to remove for ``goal`` (and notes on where a target landed); refuses an unreachable target."""
+    notes: list[str] = []
+    if goal.units is not None:
+        selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
+    elif goal.ratio is not None:
+        selection = finish(graph, scores, uniform_counts(graph, goal.ratio, max_ratio), round_to)
+        if global_ranking:
+            macs_goal = selection.macs / max(graph.trace.macs, 1)
+            selection = search(
+                graph, scores, target=macs_goal, global_ranking=True, max_ratio=max_ratio, round_to=round_to
+            )
+    else:
+        selection = search(
+            graph,
+            scores,
+            target=goal.fraction,
+            metric=goal.metric,
+            global_ranking=global_ranking,
+            max_ratio=max_ratio,
+            round_to=round_to,
+        )
+        base = graph.trace.macs if goal.metric == "macs" else sum(graph.trace.numels.values())
+        got = (selection.macs if goal.metric == "macs" else selection.params) / max(base, 1)
+        if got > goal.fraction + 0.02:
+            raise UnreachableTarget(
+                f"cannot reach {goal.metric} {goal.fraction:.3f} of the original: {got:.3f} is the least "
+                f"possible with max_ratio {max_ratio} and the frozen layers; raise the target or --max-ratio",
+                got,
+            )
+        if abs(got - goal.fraction) > 0.02:
+            notes.append(
+                f"{goal.metric} target {goal.fraction:.3f} of this step landed at {got:.3f} (round_to={round_to})"
+            )
+    if selection.rounded or selection.too_small:
+        notes.append(
+            f"round_to={round_to}: rounded {selection.rounded} group counts; "
+            f"{len(selection.too_small)} groups smaller than {round_to} kept whole"
+        )
+    if not selection.removed.any():
+        raise PruneError(
+            f"nothing to prune: the settings remove no channel from the {len(graph.prunable_groups)} prunable "
+            f"groups (of {len(graph.groups)}); raise the ratio or loosen ignore"
+        )
+    return selection, notes

@@ -109,37 +109,18 @@ def _baseline(out: Path, data: Path, s: Settings) -> Path:
 
 
 def _row(name: str, checkpoint: Path, data: Path, s: Settings, onnx: Path | None) -> Row:
-    from yoloprune.adapters import load_model
-    from yoloprune.evaluate.coco import evaluate
-    from yoloprune.export.bench import onnx_latency
-    from yoloprune.export.onnx import export_onnx
-    from yoloprune.graph.counting import count_macs, count_params
+    from yoloprune.workflows.pipeline import measure
 
-    loaded = load_model(str(checkpoint))
-    metrics = evaluate(loaded.model, data, imgsz=s.imgsz, batch=s.batch)
-    latency = None
-    if onnx is not None:
-        export_onnx(loaded.model, onnx, imgsz=s.imgsz, family=loaded.family, overwrite=True)
-        latency = onnx_latency(onnx, s.imgsz, s.threads, runs=s.runs, warmup=5).p50
-    x = torch.zeros(1, 3, s.imgsz, s.imgsz)
-    return Row(
-        name,
-        count_params(loaded.model),
-        count_macs(loaded.model, x),
-        metrics.map50_95,
-        metrics.map50,
-        latency,
-        str(onnx or checkpoint),
-    )
+    m = measure(checkpoint, data, s.imgsz, batch=s.batch, onnx=onnx, threads=s.threads, runs=s.runs)
+    return Row(name, m.params, m.macs, m.map50_95, m.map50, m.latency_ms, str(onnx or checkpoint))
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
     """Run the demo into ``out``; returns the rows of the final table (baseline, baseline trained as long as the
     fine-tune, pruned, pruned and fine-tuned)."""
-    from yoloprune.adapters import load_model, save_model
-    from yoloprune.images import example_input
-    from yoloprune.pruning.run import prune
-    from yoloprune.train import finetune
+    from yoloprune.adapters import load_model
+    from yoloprune.pruning.settings import PruneSettings
+    from yoloprune.workflows.pipeline import default_teacher, prune_to_file, recover
 
     s = QUICK if quick else FULL
     out = Path(out)
@@ -150,34 +131,33 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
     _step(f"baseline: {s.model} trained {s.base_epochs} epochs (reused when already there)", start)
     baseline = _baseline(out, data, s)
     _step(f"prune to {s.target_macs:.0%} of the MACs (round_to 8)", start)
-    loaded = load_model(str(baseline))
-    report = prune(loaded.model, example_input(s.imgsz), target_macs=s.target_macs, round_to=8)
     pruned = out / "pruned.pt"
-    section = {"format": 1, "imgsz": s.imgsz, "settings": report.settings, "plan": report.plan}
-    save_model(loaded, pruned, section, overwrite=True)
+    settings = PruneSettings(target_macs=s.target_macs, round_to=8)
+    report = prune_to_file(load_model(str(baseline)), s.imgsz, settings, pruned, overwrite=True)
     _step(f"fine-tune {s.finetune_epochs} epochs with distillation from the baseline", start)
-    tuned = finetune(
+    tuned = recover(
         pruned,
         data,
+        teacher=default_teacher(baseline),
         epochs=s.finetune_epochs,
-        teacher=baseline,
         imgsz=s.imgsz,
         batch=s.batch,
         out=out / "finetune",
         overwrite=True,
         **{k: v for k, v in TRAIN_ARGS.items() if k != "close_mosaic"},
-    ).best
+    )
     _step(f"the baseline trained {s.finetune_epochs} more epochs too: the same training budget", start)
-    longer = finetune(
+    longer = recover(
         baseline,
         data,
+        teacher=None,
         epochs=s.finetune_epochs,
         imgsz=s.imgsz,
         batch=s.batch,
         out=out / "baseline_longer",
         overwrite=True,
         **{k: v for k, v in TRAIN_ARGS.items() if k != "close_mosaic"},
-    ).best
+    )
     _step("evaluate, export to ONNX and time with onnxruntime", start)
     rows = [
         _row("baseline", baseline, data, s, out / "baseline.onnx"),

@@ -17,9 +17,13 @@ import yaml
 
 from yoloprune.io import check_output, write_atomic
 from yoloprune.options import SETTINGS, number_problem, parse_assignment
+from yoloprune.pruning.settings import AMOUNTS, PruneSettings
+from yoloprune.workflows.pipeline import default_teacher, recover
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
+SET_BY_RECIPE = ("family", "latency_imgsz", "latency_threads")  # from the recipe's family, imgsz and bench.threads
+
 SCHEMA: dict[str, Any] = {
     "name": str,
     "description": str,
@@ -27,20 +31,7 @@ SCHEMA: dict[str, Any] = {
     "model": str,
     "data": (str, type(None)),
     "imgsz": int,
-    "prune": {
-        "ratio": OPTIONAL_NUMBER,
-        "target_macs": OPTIONAL_NUMBER,
-        "target_params": OPTIONAL_NUMBER,
-        "target_latency_ms": OPTIONAL_NUMBER,
-        "importance": str,
-        "aggregate": str,
-        "global_ranking": bool,
-        "max_ratio": NUMBER,
-        "round_to": int,
-        "steps": int,
-        "ignore": list,
-        "prune_head": bool,
-    },
+    "prune": PruneSettings.schema(SET_BY_RECIPE),
     "finetune": {
         "epochs": int,
         "teacher": bool,
@@ -62,20 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "family": None,
     "data": None,
     "imgsz": 640,
-    "prune": {
-        "ratio": None,
-        "target_macs": None,  # DEFAULT_TARGET_MACS unless the recipe says how much another way
-        "target_params": None,
-        "target_latency_ms": None,
-        "importance": "l2",
-        "aggregate": "mean",
-        "global_ranking": False,
-        "max_ratio": 0.8,
-        "round_to": 8,
-        "steps": 1,
-        "ignore": [],
-        "prune_head": False,
-    },
+    "prune": {**PruneSettings.defaults(SET_BY_RECIPE), "round_to": 8},  # target_macs: DEFAULT_TARGET_MACS if no amount
     "finetune": {
         "epochs": 0,
         "teacher": True,
@@ -93,7 +71,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-AMOUNTS = ("ratio", "target_macs", "target_params", "target_latency_ms")  # how much to prune: one of them
 DEFAULT_TARGET_MACS = 0.5
 
 
@@ -163,12 +140,14 @@ def load_recipe(path: str | Path, sets: list[str] = ()) -> dict[str, Any]:
 
 
 def _check_amount(prune: dict[str, Any]) -> None:
-    """One way of saying how much to prune: the recipe's, else ``DEFAULT_TARGET_MACS``."""
-    given = [key for key in AMOUNTS if prune[key] is not None]
-    if len(given) > 1:
-        raise RecipeError(f"prune: give one of {', '.join(AMOUNTS)}, not {' and '.join(given)}")
-    if not given:
+    """How much to prune: the recipe's one amount, else ``DEFAULT_TARGET_MACS``; every prune option is checked by
+    ``PruneSettings``, as the command line and the Python API check them."""
+    if all(prune[key] is None for key in AMOUNTS) and not prune.get("unit_ratios"):
         prune["target_macs"] = DEFAULT_TARGET_MACS
+    try:
+        PruneSettings(**prune)
+    except ValueError as exc:
+        raise RecipeError(f"prune: {exc}") from None
 
 
 def _check_sizes(recipe: dict[str, Any]) -> None:
@@ -193,7 +172,7 @@ def outputs(recipe: dict[str, Any], out: Path) -> list[Path]:
     """Every file ``run`` writes into ``out``."""
     files = [out / name for name in ("recipe.resolved.yaml", "pruned.pt", "pruned.onnx", "results.json")]
     if recipe["finetune"]["epochs"] > 0:
-        files += [out / "distilled.pt", *(out / "finetune" / "weights" / name for name in ("last.pt", "best.pt"))]
+        files += [out / "finetune" / "weights" / name for name in ("last.pt", "best.pt")]
     return files
 
 
@@ -215,12 +194,11 @@ def run(
 ) -> dict[str, Any]:
     """Prune, fine-tune, evaluate, export and benchmark as the recipe says; returns (and writes) the results.
     Existing outputs in ``out`` are replaced only with ``overwrite``, inputs (the model, ``inputs``) never."""
-    from yoloprune.adapters import load_model, save_model
+    from yoloprune.adapters import load_model
     from yoloprune.evaluate.coco import evaluate
     from yoloprune.export.bench import onnx_latency
     from yoloprune.export.onnx import export_onnx
-    from yoloprune.images import example_input
-    from yoloprune.pruning.run import prune
+    from yoloprune.workflows.pipeline import prune_to_file
 
     start = time.perf_counter()
     out = Path(out)
@@ -228,34 +206,13 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(recipe, sort_keys=False).encode()
     write_atomic(out / "recipe.resolved.yaml", lambda f: f.write(resolved), overwrite)
-    imgsz, p = recipe["imgsz"], recipe["prune"]
+    imgsz = recipe["imgsz"]
     loaded = load_model(recipe["model"], recipe["family"])
-    report = prune(
-        loaded.model,
-        example_input(imgsz),
-        ratio=p["ratio"],
-        importance=p["importance"],
-        ignore=p["ignore"],
-        target_macs=p["target_macs"],
-        target_params=p["target_params"],
-        target_latency_ms=p["target_latency_ms"],
-        latency_imgsz=imgsz,
-        latency_threads=recipe["bench"]["threads"],
-        global_ranking=p["global_ranking"],
-        max_ratio=p["max_ratio"],
-        round_to=p["round_to"],
-        aggregate=p["aggregate"],
-        steps=p["steps"],
-        prune_head=p["prune_head"],
-        family=loaded.family,
+    settings = PruneSettings(
+        **recipe["prune"], latency_imgsz=imgsz, latency_threads=recipe["bench"]["threads"], family=loaded.family
     )
     checkpoint = out / "pruned.pt"
-    save_model(
-        loaded,
-        checkpoint,
-        {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan, "recipe": recipe},
-        overwrite,
-    )
+    report = prune_to_file(loaded, imgsz, settings, checkpoint, overwrite=overwrite, recipe=recipe)
     results: dict[str, Any] = {
         "recipe": recipe["name"],
         "prune": {k: v for k, v in report.to_dict().items() if k != "removed"},
@@ -293,44 +250,29 @@ def run(
 
 
 def _finetune(recipe: dict[str, Any], checkpoint: Path, out: Path, family: str, overwrite: bool) -> Path:
+    """Recover the pruned checkpoint: with the recipe's labelled data, or (YOLOv5/v7/YOLOX) by distillation on
+    ``finetune.images``; the teacher is the recipe's model when ``finetune.teacher`` is true."""
     f = recipe["finetune"]
-    teacher = recipe["model"] if f["teacher"] else None
+    teacher = default_teacher(recipe["model"]) if f["teacher"] else None
     if family == "ultralytics":
-        from yoloprune.train import finetune
-
         if not recipe["data"]:
             raise RecipeError("finetune.epochs > 0 needs data (an ultralytics data yaml)")
-        extra = {"lr0": f["lr0"]} if f["lr0"] is not None else {}
-        return finetune(
-            checkpoint,
-            recipe["data"],
-            epochs=f["epochs"],
-            teacher=teacher,
-            kd_weight=f["kd_weight"],
-            imgsz=recipe["imgsz"],
-            batch=f["batch"],
-            device=str(f["device"]),
-            workers=f["workers"],
-            out=out / "finetune",
-            overwrite=overwrite,
-            **extra,
-            **f["overrides"],
-        ).best
-    if not f["images"] or not teacher:
+        data, extra = recipe["data"], {**({"lr0": f["lr0"]} if f["lr0"] is not None else {}), **f["overrides"]}
+    elif f["images"] and teacher:
+        data, extra = f["images"], {"lr0": f["lr0"]}  # a folder of images: label-free distillation
+    else:
         raise RecipeError(f"{family} models recover by distillation: set finetune.images and finetune.teacher")
-    from yoloprune.adapters import load_model, save_model
-    from yoloprune.train.loop import distill
-
-    student, ref = load_model(str(checkpoint), family), load_model(teacher, family)
-    distill(
-        student.model,
-        ref.model,
-        f["images"],
+    return recover(
+        checkpoint,
+        data,
+        teacher=teacher,
         epochs=f["epochs"],
+        kd_weight=f["kd_weight"],
         imgsz=recipe["imgsz"],
         batch=f["batch"],
-        device="cpu" if str(f["device"]) == "cpu" else "cuda",
+        device=str(f["device"]),
+        workers=f["workers"],
+        out=out / "finetune",
+        overwrite=overwrite,
+        **extra,
     )
-    tuned = out / "distilled.pt"
-    save_model(student, tuned, {"distill": {"teacher": teacher, "epochs": f["epochs"]}}, overwrite)
-    return tuned

@@ -14,11 +14,9 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from yoloprune.io import write_atomic
 from yoloprune.options import check_numbers
@@ -53,42 +51,6 @@ def progress(items: Iterable[Any], desc: str) -> Iterator[Any]:
         for i, item in enumerate(items, 1):
             print(f"{desc}: {i}/{len(items)}", file=sys.stderr, flush=True)
             yield item
-
-
-def measure_point(
-    target: float,
-    checkpoint: Path,
-    onnx: Path,
-    data: str | Path,
-    imgsz: int,
-    batch: int,
-    threads: int,
-    runs: int,
-    start: float,
-) -> Point:
-    """Evaluate one checkpoint, export it to ``onnx`` and time that."""
-    from yoloprune.adapters import load_model
-    from yoloprune.evaluate.coco import evaluate
-    from yoloprune.export.bench import onnx_latency
-    from yoloprune.export.onnx import export_onnx
-    from yoloprune.graph.counting import count_macs, count_params
-
-    loaded = load_model(str(checkpoint))
-    x = torch.zeros(1, 3, imgsz, imgsz)
-    metrics = evaluate(loaded.model, data, imgsz=imgsz, batch=batch, family=loaded.family)
-    export_onnx(loaded.model, onnx, imgsz=imgsz, family=loaded.family, overwrite=True)
-    latency = onnx_latency(onnx, imgsz, threads, runs=runs, warmup=5).p50
-    return Point(
-        target,
-        count_macs(loaded.model, x),
-        count_params(loaded.model),
-        metrics.map50_95,
-        metrics.map50,
-        latency,
-        str(checkpoint),
-        str(onnx),
-        time.perf_counter() - start,
-    )
 
 
 def _digest(path: Path) -> str:
@@ -151,9 +113,9 @@ def sweep(
     """Run (or finish) a sweep of ``model`` (a checkpoint) over MACs ``targets``; returns every point, the unpruned
     one (target 1.0) first."""
     from yoloprune.adapters import load_model, save_model
-    from yoloprune.images import example_input
-    from yoloprune.pruning.run import prune
+    from yoloprune.pruning.settings import PruneSettings
     from yoloprune.train.recover import check_overrides
+    from yoloprune.workflows.pipeline import default_teacher, measure, prune_to_file, recover
 
     out = Path(out)
     check_overrides(finetune_args or {})
@@ -178,6 +140,8 @@ def sweep(
     points_dir.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(exist_ok=True)
     claim(out, key)
+    settings = PruneSettings(importance=importance, global_ranking=global_ranking, round_to=round_to)
+    teacher = default_teacher(model)
     for target in progress([1.0, *targets], "sweep"):
         record = points_dir / f"{target:.3f}.json"
         if record.is_file():
@@ -186,32 +150,18 @@ def sweep(
         if target == 1.0:
             checkpoint = Path(model)
             if checkpoint.suffix != ".pt":
-                loaded = copy.deepcopy(source)
                 checkpoint = models_dir / "unpruned.pt"
-                save_model(loaded, checkpoint, {}, overwrite=True)
+                save_model(copy.deepcopy(source), checkpoint, {}, overwrite=True)
         else:
-            loaded = copy.deepcopy(source)
-            report = prune(
-                loaded.model,
-                example_input(imgsz),
-                target_macs=target,
-                importance=importance,
-                global_ranking=global_ranking,
-                round_to=round_to,
-                family=loaded.family,
-            )
             checkpoint = models_dir / f"pruned-{target:.3f}.pt"
-            section = {"format": 1, "imgsz": imgsz, "settings": report.settings, "plan": report.plan}
-            save_model(loaded, checkpoint, section, overwrite=True)
+            at_target = replace(settings, ratio=None, target_macs=target, family=source.family)
+            prune_to_file(copy.deepcopy(source), imgsz, at_target, checkpoint, overwrite=True)
             if finetune_epochs > 0:
-                from yoloprune.train import finetune
-
-                teacher = model if Path(model).suffix == ".pt" else None
-                result = finetune(
+                checkpoint = recover(
                     checkpoint,
                     data,
-                    epochs=finetune_epochs,
                     teacher=teacher,
+                    epochs=finetune_epochs,
                     kd_weight=kd_weight,
                     imgsz=imgsz,
                     batch=batch,
@@ -220,9 +170,10 @@ def sweep(
                     overwrite=True,
                     **(finetune_args or {}),
                 )
-                checkpoint = result.best
         onnx = models_dir / ("unpruned.onnx" if target == 1.0 else f"pruned-{target:.3f}.onnx")
-        point = measure_point(target, checkpoint, onnx, data, imgsz, batch, threads, runs, start)
+        m = measure(checkpoint, data, imgsz, batch=batch, onnx=onnx, threads=threads, runs=runs)
+        seconds = time.perf_counter() - start
+        point = Point(target, m.macs, m.params, m.map50_95, m.map50, m.latency_ms, str(checkpoint), str(onnx), seconds)
         write_atomic(record, lambda f, p=point: f.write(json.dumps(asdict(p), indent=1).encode()))
     points = [Point(**json.loads(p.read_text())) for p in sorted(points_dir.glob("*.json"))]
     points.sort(key=lambda p: -p.target)

@@ -1,0 +1,207 @@
+"""One pipeline for every workflow: prune -> save -> fine-tune -> evaluate -> export -> bench.
+
+The command line, recipes, sweeps and the demo all go through these functions, so a pruned checkpoint's section is
+written in one place (``checkpoint_section``), the teacher a fine-tune distils from by default is decided in one
+place (``default_teacher``), and a model is measured one way (``measure``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from yoloprune.adapters import Loaded
+from yoloprune.graph.plan import FORMAT
+from yoloprune.graph.registry import Policy
+from yoloprune.pruning.run import PruneReport
+from yoloprune.pruning.settings import PruneSettings
+
+
+def checkpoint_section(report: PruneReport, imgsz: int, **extra: Any) -> dict[str, Any]:
+    """yoloprune's section of a pruned checkpoint: format, version, size, settings, the plan and the report's
+    summary (plus ``extra``)."""
+    from yoloprune import __version__
+
+    return {
+        "format": FORMAT,
+        "version": __version__,
+        "imgsz": imgsz,
+        "settings": report.settings,
+        "plan": report.plan,
+        "report": summary(report),
+        **extra,
+    }
+
+
+def summary(report: PruneReport) -> dict[str, Any]:
+    """A prune report as plain data, without the per-module channel lists."""
+    return {k: v for k, v in report.to_dict().items() if k != "removed"}
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float | None = None,
+    importance: str | Callable[..., Any] = "l2",
+    seed: int = 0,
+    ignore: Sequence[str] = (),
+    *,
+    settings: PruneSettings | None = None,
+    taylor_loss: Callable[[nn.Module], Any] | None = None,
+    data: str | Path | None = None,
+    between_steps: Callable[[int, nn.Module], bool | None] | None = None,
+    policies: Mapping[Any, Policy] | None = None,
+    **options: Any,
+) -> PruneReport:
+    """Remove channels from ``model`` in place and return what changed.
+
+    The options are those of ``PruneSettings`` (pass them as keywords, or one ``settings``):
+    How much: ``ratio`` (each prunable group loses that fraction; default 0.3 when no target is given), or
+    ``target_macs`` / ``target_params`` (a fraction of the original, reached within about 2%), or
+    ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``),
+    or ``unit_ratios`` (a ratio per stage or group, e.g. from ``yoloprune sensitivity``; ``units_by``).
+    Which: ``importance`` ranks channels ("l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
+    ``data`` yaml, "random", or a callable ``(model, graph) -> scores``), combining a group's members with
+    ``aggregate`` (``normalize_layers`` first divides each member by its mean); ``global_ranking`` compares
+    group-normalised scores across groups, each group losing at most ``max_ratio``. ``round_to`` keeps every pruned
+    group's channel count a multiple of N. ``steps`` > 1 prunes toward the target in that many steps, calling
+    ``between_steps(step, model)`` after each but the last (a short fine-tune); it may return False to stop early.
+
+    What is kept: the family's outputs (recognised from its classes: ultralytics, YOLOv5, YOLOv7, YOLOX, or any
+    ``nn.Module``), the detection head unless ``prune_head``, the first layer unless ``protect_first`` is False,
+    and modules matching the ``ignore`` globs. ``policies`` adds ``Policy`` entries for custom blocks. The pruned
+    forward is checked after every step; ``verify`` also checks the exactness property on ``example_inputs``.
+    """
+    from yoloprune.pruning import run
+
+    if settings is None:
+        settings = PruneSettings(ratio=ratio, importance=importance, seed=seed, ignore=tuple(ignore), **options)
+    elif ratio is not None or options:
+        raise ValueError("give either settings or options, not both")
+    if settings.importance == "taylor" and taylor_loss is None and data is not None:
+        from yoloprune.pruning.taylor import taylor_loss_from
+
+        taylor_loss = taylor_loss_from(data, int(example_inputs.shape[-1]))
+    if settings.target_latency_ms is None:
+        return run.prune(
+            model, example_inputs, settings, taylor_loss=taylor_loss, between_steps=between_steps, policies=policies
+        )
+    from yoloprune.export.bench import module_latency
+    from yoloprune.pruning.latency import fraction_for_latency
+
+    def at(fraction: float) -> PruneSettings:
+        return replace(settings, target_latency_ms=None, target_macs=fraction)
+
+    fraction, latency_ms = fraction_for_latency(
+        model,
+        example_inputs,
+        settings.target_latency_ms,
+        settings.latency_imgsz,
+        settings.latency_threads,
+        lambda net, f: run.prune(net, example_inputs, at(f), taylor_loss=taylor_loss, policies=policies),
+        module_latency,
+    )
+    report = run.prune(
+        model, example_inputs, at(fraction), taylor_loss=taylor_loss, between_steps=between_steps, policies=policies
+    )
+    report.settings = {**settings.record(), "latency_search_macs": fraction}
+    report.latency_ms = latency_ms
+    return report
+
+
+def default_teacher(model: str | Path) -> str | None:
+    """The teacher a fine-tune distils from when none is named: the unpruned checkpoint the prune started from (a
+    config has no trained weights to teach with)."""
+    path = Path(model)
+    return str(path) if path.suffix in (".pt", ".pth") and path.is_file() else None
+
+
+def prune_to_file(
+    loaded: Loaded,
+    imgsz: int,
+    settings: PruneSettings,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    taylor_loss: Callable[[nn.Module], Any] | None = None,
+    between_steps: Callable[[int, nn.Module], bool | None] | None = None,
+    **extra: Any,
+) -> PruneReport:
+    """Prune ``loaded.model`` in place and write it in its family's format with the section (``extra`` added)."""
+    from yoloprune.adapters import save_model
+    from yoloprune.images import example_input
+
+    report = prune(
+        loaded.model, example_input(imgsz), settings=settings, taylor_loss=taylor_loss, between_steps=between_steps
+    )
+    save_model(loaded, path, checkpoint_section(report, imgsz, **extra), overwrite)
+    return report
+
+
+def recover(checkpoint: str | Path, data: str | Path, *, teacher: str | Path | None, **settings: Any) -> Path:
+    """Fine-tune a pruned checkpoint (distilling from ``teacher`` when given); returns the best checkpoint."""
+    from yoloprune.train import finetune
+
+    return finetune(checkpoint, data, teacher=teacher, **settings).best
+
+
+@dataclass
+class Measured:
+    """A model's cost and accuracy: MACs and params at ``imgsz``, mAP (None without data), ONNX latency (None
+    without an export)."""
+
+    macs: int
+    params: int
+    map50_95: float | None
+    map50: float | None
+    latency_ms: float | None
+    onnx: Path | None
+    seconds: float
+
+
+def measure(
+    checkpoint: str | Path,
+    data: str | Path | None,
+    imgsz: int,
+    *,
+    batch: int = 16,
+    onnx: Path | None = None,
+    threads: int = 1,
+    runs: int = 30,
+    warmup: int = 5,
+    overwrite: bool = True,
+    export: dict[str, Any] | None = None,
+) -> Measured:
+    """Count, evaluate (with ``data``), export to ``onnx`` and time it (with ``onnx``) one checkpoint."""
+    from yoloprune.adapters import load_model
+    from yoloprune.evaluate.coco import evaluate
+    from yoloprune.export.bench import onnx_latency
+    from yoloprune.export.onnx import export_onnx
+    from yoloprune.graph.counting import count_macs, count_params
+    from yoloprune.images import example_input
+
+    start = time.perf_counter()
+    loaded = load_model(str(checkpoint))
+    metrics = evaluate(loaded.model, data, imgsz=imgsz, batch=batch, family=loaded.family) if data else None
+    latency = None
+    if onnx is not None:
+        export_onnx(loaded.model, onnx, imgsz=imgsz, family=loaded.family, overwrite=overwrite, **(export or {}))
+        latency = onnx_latency(onnx, imgsz, threads, runs=runs, warmup=warmup).p50
+    x = example_input(imgsz)
+    return Measured(
+        count_macs(loaded.model, x),
+        count_params(loaded.model),
+        metrics.map50_95 if metrics else None,
+        metrics.map50 if metrics else None,
+        latency,
+        onnx,
+        time.perf_counter() - start,
+    )
+
+
+__all__ = ["Measured", "checkpoint_section", "default_teacher", "measure", "prune", "prune_to_file", "recover"]
