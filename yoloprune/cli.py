@@ -87,6 +87,8 @@ def _prune(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         taylor_loss=taylor_loss,
         between_steps=between,
+        calib=args.calib,
+        calib_images=args.calib_images,
         source=str(args.model),
     )
     if args.json:
@@ -474,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="threads for --target-latency measurements (1)")
     p.add_argument("--prune-first", action="store_true", help="let the first layer be pruned too")
     p.add_argument("--data", help="labelled data yaml for --importance taylor and --finetune-epochs")
+    p.add_argument(
+        "--calib",
+        metavar="DIR",
+        help="unlabelled images: refit the layers that lost inputs to reproduce the original's outputs",
+    )
+    p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images to use (64)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune between --steps (0)")
     p.add_argument("--batch", type=int, default=16, help="batch size for fine-tuning between steps (16)")
     p.add_argument("--max-drop", type=float, help="stop the steps when mAP50-95 drops more than this")

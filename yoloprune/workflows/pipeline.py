@@ -56,6 +56,8 @@ def prune(
     data: str | Path | None = None,
     between_steps: Callable[[int, nn.Module], bool | None] | None = None,
     policies: Mapping[Any, Policy] | None = None,
+    calib: str | Path | None = None,
+    calib_images: int = 64,
     **options: Any,
 ) -> PruneReport:
     """Remove channels from ``model`` in place and return what changed.
@@ -76,9 +78,11 @@ def prune(
     ``nn.Module``), the detection head unless ``prune_head``, the first layer unless ``protect_first`` is False,
     and modules matching the ``ignore`` globs. ``policies`` adds ``Policy`` entries for custom blocks. The pruned
     forward is checked after every step; ``verify`` also checks the exactness property on ``example_inputs``.
-    """
-    from yoloprune.pruning import run
 
+    Calibrated: with ``calib`` (a folder of unlabelled images; the first ``calib_images`` are used), every layer whose
+    inputs lost channels is refitted by least squares to reproduce the original's outputs, and norm statistics are
+    re-estimated when that brings the outputs closer to the original's (``yoloprune.pruning.calibrate``).
+    """
     if settings is None:
         settings = PruneSettings(ratio=ratio, importance=importance, seed=seed, ignore=tuple(ignore), **options)
     elif ratio is not None or options:
@@ -87,6 +91,24 @@ def prune(
         from yoloprune.pruning.taylor import taylor_loss_from
 
         taylor_loss = taylor_loss_from(data, int(example_inputs.shape[-1]))
+    before = _calibration_inputs(model, example_inputs, settings, calib, calib_images) if calib is not None else None
+    report = _prune(model, example_inputs, settings, taylor_loss, between_steps, policies)
+    if before is not None:
+        _calibrate(model, settings, report, *before)
+    return report
+
+
+def _prune(
+    model: nn.Module,
+    example_inputs: Any,
+    settings: PruneSettings,
+    taylor_loss: Callable[[nn.Module], Any] | None,
+    between_steps: Callable[[int, nn.Module], bool | None] | None,
+    policies: Mapping[Any, Policy] | None,
+) -> PruneReport:
+    """``pruning.run.prune``, or with a latency target a search over MACs fractions timed with onnxruntime."""
+    from yoloprune.pruning import run
+
     if settings.target_latency_ms is None:
         return run.prune(
             model, example_inputs, settings, taylor_loss=taylor_loss, between_steps=between_steps, policies=policies
@@ -114,6 +136,37 @@ def prune(
     return report
 
 
+def _calibration_inputs(
+    model: nn.Module, example_inputs: Any, settings: PruneSettings, calib: str | Path, images: int
+) -> tuple[nn.Module, list[Any]]:
+    """The calibration images (read, and refused, before anything is pruned) and a copy of the unpruned network."""
+    import copy
+
+    from yoloprune.adapters import adapter, resolve
+    from yoloprune.pruning.calibrate import calibration_batches
+
+    if isinstance(images, bool) or not isinstance(images, int) or images < 2:
+        raise ValueError(f"calib_images must be an integer >= 2 (one batch is held out), got {images}")
+    target = resolve(model, family=settings.family)
+    spec = adapter(target.family).PREPROCESS
+    size, batch = int(example_inputs.shape[-1]), max(1, min(8, images // 2))
+    batches = calibration_batches(calib, size, spec, images, batch)
+    return copy.deepcopy(target.module), batches
+
+
+def _calibrate(
+    model: nn.Module, settings: PruneSettings, report: PruneReport, original: nn.Module, batches: list
+) -> None:
+    """Refit the pruned network against ``original`` on ``batches``; recorded in the report."""
+    from yoloprune.adapters import resolve
+    from yoloprune.pruning.calibrate import calibrate
+
+    result = calibrate(resolve(model, family=settings.family).module, original, batches, report.removed)
+    report.notes.append(str(result))
+    report.settings["calibration"] = {"images": result.images, "layers": result.layers, "norms": result.norms}
+    report.seconds += result.seconds
+
+
 def default_teacher(model: str | Path) -> str | None:
     """The teacher a fine-tune distils from when none is named: the unpruned checkpoint the prune started from (a
     config has no trained weights to teach with)."""
@@ -130,14 +183,23 @@ def prune_to_file(
     overwrite: bool = False,
     taylor_loss: Callable[[nn.Module], Any] | None = None,
     between_steps: Callable[[int, nn.Module], bool | None] | None = None,
+    calib: str | Path | None = None,
+    calib_images: int = 64,
     **extra: Any,
 ) -> PruneReport:
-    """Prune ``loaded.model`` in place and write it in its family's format with the section (``extra`` added)."""
+    """Prune ``loaded.model`` in place (calibrated on the images in ``calib`` when given) and write it in its
+    family's format with the section (``extra`` added)."""
     from yoloprune.adapters import save_model
     from yoloprune.images import example_input
 
     report = prune(
-        loaded.model, example_input(imgsz), settings=settings, taylor_loss=taylor_loss, between_steps=between_steps
+        loaded.model,
+        example_input(imgsz),
+        settings=settings,
+        taylor_loss=taylor_loss,
+        between_steps=between_steps,
+        calib=calib,
+        calib_images=calib_images,
     )
     save_model(loaded, path, checkpoint_section(report, imgsz, **extra), overwrite)
     return report
