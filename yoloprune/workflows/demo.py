@@ -38,10 +38,11 @@ class Settings:
     batch: int = 16
     threads: int = 1
     runs: int = 30
+    calib_images: int = 64
 
 
 FULL = Settings()
-QUICK = Settings(train=48, val=16, imgsz=96, classes=3, base_epochs=2, finetune_epochs=1, runs=5)
+QUICK = Settings(train=48, val=16, imgsz=96, classes=3, base_epochs=2, finetune_epochs=1, runs=5, calib_images=16)
 # mosaic shrinks objects at 160 px; nbs = batch makes ultralytics step every batch (it accumulates to 64 otherwise)
 TRAIN_ARGS = {"mosaic": 0.0, "close_mosaic": 0, "warmup_epochs": 1, "plots": False, "workers": 2, "seed": 0, "nbs": 16}
 
@@ -130,10 +131,13 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
     data = _data(out, s)
     _step(f"baseline: {s.model} trained {s.base_epochs} epochs (reused when already there)", start)
     baseline = _baseline(out, data, s)
-    _step(f"prune to {s.target_macs:.0%} of the MACs (round_to 8)", start)
+    _step(f"prune to {s.target_macs:.0%} of the MACs (round_to 8), calibrated on {s.calib_images} train images", start)
     pruned = out / "pruned.pt"
     settings = PruneSettings(target_macs=s.target_macs, round_to=8)
-    report = prune_to_file(load_model(str(baseline)), s.imgsz, settings, pruned, overwrite=True)
+    calib = data.parent / "images" / "train"
+    report = prune_to_file(
+        load_model(str(baseline)), s.imgsz, settings, pruned, overwrite=True, calib=calib, calib_images=s.calib_images
+    )
     _step(f"fine-tune {s.finetune_epochs} epochs with distillation from the baseline", start)
     tuned = recover(
         pruned,
@@ -162,7 +166,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
     rows = [
         _row("baseline", baseline, data, s, out / "baseline.onnx"),
         _row(f"baseline + {s.finetune_epochs} epochs (same budget)", longer, data, s, None),
-        _row("pruned, before fine-tuning", pruned, data, s, None),
+        _row("pruned and calibrated, before fine-tuning", pruned, data, s, None),
         _row(f"pruned + {s.finetune_epochs} epochs fine-tuning (KD)", tuned, data, s, out / "pruned.onnx"),
     ]
     seconds = time.perf_counter() - start
