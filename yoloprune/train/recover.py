@@ -376,15 +376,7 @@ def _distill(
     )
     section = {"distill": {"teacher": _recorded(teacher), "epochs": settings["epochs"]}}
     best = save_model(loaded, out / "weights" / "best.pt", section, overwrite=True)
-    return FinetuneResult(
-        best,
-        best,
-        result.epochs,
-        time.perf_counter() - start,
-        result.seconds / max(result.epochs, 1),
-        sum(p.numel() for p in loaded.model.parameters()),
-        {"train/loss": result.last_loss, "train/steps": result.steps},
-    )
+    return _loop_result(best, best, result, start, loaded.model)
 
 
 def _family(model: Any) -> str:
@@ -443,13 +435,18 @@ def _finetune_family(
         **settings,
     )
     best = save_model(loaded, weights / "best.pt", section, overwrite=True)
+    return _loop_result(best, last, result, start, loaded.model)
+
+
+def _loop_result(best: Path, last: Path, result: Any, start: float, net: nn.Module) -> FinetuneResult:
+    """What one of yoloprune's own loops (``fit``, ``distill``) did, as ``finetune`` reports it."""
     return FinetuneResult(
         best,
         last,
         result.epochs,
         time.perf_counter() - start,
         result.seconds / max(result.epochs, 1),
-        sum(p.numel() for p in loaded.model.parameters()),
+        sum(p.numel() for p in net.parameters()),
         {"train/loss": result.last_loss, "train/steps": result.steps},
     )
 
