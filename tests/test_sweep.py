@@ -82,3 +82,15 @@ def test_bad_targets(setup, tmp_path, capsys):
     data, checkpoint = setup
     assert main(["sweep", str(checkpoint), "--data", str(data), "-o", str(tmp_path / "x"), "--targets", "1.5"]) == 2
     assert "--targets: 1.5 is outside (0, 1]" in capsys.readouterr().err
+
+
+def test_sweep_calibrates_every_pruned_point(setup, tmp_path):
+    data, checkpoint = setup
+    images = data.parent / "images" / "train"
+    points = sweep_module.sweep(checkpoint, data, tmp_path / "c", [0.6], imgsz=64, runs=1, calib=images, calib_images=4)
+    section = torch.load(points[1].checkpoint, weights_only=False)["yoloprune"]
+    assert section["settings"]["calibration"]["images"] == 4 and section["settings"]["calibration"]["layers"] > 0
+    assert json.loads((tmp_path / "c" / "sweep.json").read_text())["calib"] == {
+        "images": str(images.resolve()),
+        "count": 4,
+    }

@@ -277,6 +277,8 @@ def _sweep(args: argparse.Namespace) -> int:
             runs=args.runs,
             device=args.device,
             finetune_args=settings,
+            calib=args.calib,
+            calib_images=args.calib_images,
         )
     print((Path(args.output) / "report.md").read_text())
     print(f"wrote {len(points)} points to {args.output} (results.csv, results.json, pareto.png, report.md)")
@@ -525,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="recover accuracy: train the pruned network as it is, optionally with KD")
     p.add_argument("model", nargs="?", help="pruned checkpoint (or any ultralytics checkpoint)")
-    p.add_argument("--data", required=True, help="ultralytics data yaml (YOLO labels)")
+    p.add_argument(
+        "--data", required=True, help="data yaml (YOLO labels), or a folder of images to distil on (needs --teacher)"
+    )
     p.add_argument("-o", "--output", default="runs/finetune", metavar="DIR", help="run folder (runs/finetune)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (10)")
     p.add_argument("--teacher", help="unpruned checkpoint to distil from")
@@ -575,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="sweep folder (resumable)")
     p.add_argument("--targets", default="0.9,0.75,0.6,0.5,0.4,0.3", help="MACs fractions (0.9,0.75,0.6,0.5,0.4,0.3)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point this many epochs (0)")
+    p.add_argument("--calib", metavar="DIR", help="unlabelled images to calibrate every pruned point on")
+    p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images to use (64)")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation weight when fine-tuning (1.0)")
     p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
     p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")

@@ -109,9 +109,12 @@ def sweep(
     runs: int = 30,
     device: str = "cpu",
     finetune_args: dict[str, Any] | None = None,
+    calib: str | Path | None = None,
+    calib_images: int = 64,
 ) -> list[Point]:
     """Run (or finish) a sweep of ``model`` (a checkpoint) over MACs ``targets``; returns every point, the unpruned
-    one (target 1.0) first."""
+    one (target 1.0) first. With ``calib`` (a folder of unlabelled images) every pruned point is calibrated on them
+    before it is fine-tuned or measured."""
     from yoloprune.adapters import load_model, save_model
     from yoloprune.pruning.settings import PruneSettings
     from yoloprune.train.recover import check_overrides
@@ -133,6 +136,7 @@ def sweep(
         round_to=round_to,
         threads=threads,
         finetune=tuning if finetune_epochs > 0 else None,
+        calib={"images": str(Path(calib).resolve()), "count": calib_images} if calib is not None else None,
     )
     claim(out, key, record=False)  # a folder of other settings is refused first
     source = load_model(str(model))  # then the model is read (and refused, when it must be) before anything is written
@@ -155,7 +159,15 @@ def sweep(
         else:
             checkpoint = models_dir / f"pruned-{target:.3f}.pt"
             at_target = replace(settings, ratio=None, target_macs=target, family=source.family)
-            prune_to_file(copy.deepcopy(source), imgsz, at_target, checkpoint, overwrite=True)
+            prune_to_file(
+                copy.deepcopy(source),
+                imgsz,
+                at_target,
+                checkpoint,
+                overwrite=True,
+                calib=calib,
+                calib_images=calib_images,
+            )
             if finetune_epochs > 0:
                 checkpoint = recover(
                     checkpoint,
