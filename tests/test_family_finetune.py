@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,9 @@ def test_an_interrupted_family_finetune_resumes_from_its_last_epoch(data, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         finetune(path, data, epochs=2, imgsz=64, batch=4, out=tmp_path / "ft", workers=0, lr0=0.02)
     state = torch.load(tmp_path / "ft" / "weights" / "last.state.pt", weights_only=True)
-    assert state["epoch"] == 1 and state["step"] == 2 and not (tmp_path / "ft" / "weights" / "best.pt").exists()
+    assert state["epoch"] == 1 and state["step"] == 2
+    scores = json.loads((tmp_path / "ft" / "weights" / "scores.json").read_text())
+    assert sorted(scores) == ["0", "1"]  # the start and the one finished epoch, validated; best.pt the better
     with pytest.raises(ValueError, match="holds a training run"):
         finetune(path, data, epochs=2, imgsz=64, batch=4, out=tmp_path / "ft", workers=0)
     calls.clear()
@@ -103,3 +106,22 @@ def test_an_interrupted_family_finetune_resumes_from_its_last_epoch(data, tmp_pa
     assert state["epoch"] == 2 and state["optimizer"]["param_groups"][0]["initial_lr"] == 0.02
     assert result.params == sum(p.numel() for p in net.parameters())
     assert load_model(str(result.best)).family == "yolov5"
+
+
+def test_a_family_finetune_hands_back_the_best_model_the_start_included(data, tmp_path, monkeypatch, capsys):
+    from yoloprune.adapters import Loaded, load_model, save_model
+    from yoloprune.evaluate import coco
+
+    net = randomize(model("yolov5"))
+    yoloprune.prune(net, X, target_macs=0.6)
+    path = save_model(Loaded(net, "yolov5", "x", {"half": False}), tmp_path / "p.pt", {})
+    scores = iter([0.30, 0.10, 0.20])  # the start, then two epochs that do worse
+    monkeypatch.setattr(coco, "evaluate", lambda *a, **k: coco.EvalResult(next(scores), 0.0, 4, 0, 0.0, "m", "d", 64))
+    result = finetune(path, data, epochs=2, imgsz=64, batch=4, out=tmp_path / "ft", workers=0, lr0=0.05)
+    best, last = load_model(str(result.best)).model, load_model(str(result.last)).model
+    start = net.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in best.state_dict().items())
+    assert any(not torch.equal(v, start[k]) for k, v in last.state_dict().items())
+    assert json.loads((tmp_path / "ft" / "weights" / "scores.json").read_text()) == {"0": 0.3, "1": 0.1, "2": 0.2}
+    shown = capsys.readouterr().out
+    assert "start: val mAP50-95 0.3000" in shown and "epoch 2/2: loss " in shown

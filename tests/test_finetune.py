@@ -54,6 +54,19 @@ def test_finetune_keeps_the_pruned_network_and_writes_fp32(pair, data, tmp_path)
     assert sum(p.numel() for p in rebuilt.parameters()) == params
 
 
+def test_finetune_hands_back_the_start_when_no_epoch_beats_it(pair, data, tmp_path, monkeypatch):
+    from yoloprune.train import ultralytics_trainer
+
+    _teacher, pruned, _params = pair
+    monkeypatch.setattr(ultralytics_trainer, "start_fitness", lambda *a, **k: 2.0)  # above any real fitness
+    result = finetune(pruned, data, epochs=1, out=tmp_path / "run", **FAST)
+    start = yoloprune.load(pruned).state_dict()
+    best = yoloprune.load(result.best).state_dict()
+    assert all(torch.equal(v.float(), start[k].float()) for k, v in best.items())
+    last = yoloprune.load(result.last).state_dict()
+    assert any(not torch.equal(v.float(), start[k].float()) for k, v in last.items() if v.is_floating_point())
+
+
 def test_distillation_adds_its_loss(pair, data, tmp_path):
     teacher, pruned, _ = pair
     result = finetune(pruned, data, epochs=1, teacher=teacher, kd_weight=2.0, out=tmp_path / "kd", **FAST)

@@ -158,7 +158,8 @@ def fit(
     """Train ``student`` (in place) with its family's own loss on ``data``'s train split (left-right flips; SGD with
     a warm-up and a cosine schedule), adding ``kd_weight`` x distillation from ``teacher`` when given.
 
-    After every epoch rank 0 calls ``on_epoch_end(epoch, state)`` with the model, optimizer and schedule state;
+    After every epoch rank 0 calls ``on_epoch_end(epoch, state)`` with the model, optimizer and schedule state and
+    the epoch's mean ``loss``;
     passing that ``state`` back as ``resume_state`` continues training from the epoch after it."""
     from yoloprune.adapters import adapter as family_adapter
     from yoloprune.adapters import resolve
@@ -200,6 +201,7 @@ def fit(
     for epoch in range(first, epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        epoch_loss, batches = 0.0, 0
         for item in loader:
             item = {k: v.to(device) for k, v in item.items()}
             net.train()
@@ -221,9 +223,11 @@ def fit(
             optimizer.step()
             schedule.step()
             step, loss_value = step + 1, float(loss.detach())
+            epoch_loss, batches = epoch_loss + loss_value, batches + 1
         if on_epoch_end is not None and rank == 0:
             state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
-            on_epoch_end(epoch + 1, {**state, "epoch": epoch + 1, "step": step})
+            mean = epoch_loss / max(batches, 1)
+            on_epoch_end(epoch + 1, {**state, "epoch": epoch + 1, "step": step, "loss": mean})
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

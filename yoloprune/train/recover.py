@@ -18,7 +18,7 @@ from torch import nn
 from yoloprune.data.datasets import DatasetError, load_detection_set
 from yoloprune.graph.plan import FORMAT
 from yoloprune.images import check_imgsz
-from yoloprune.io import load_checkpoint, save_atomic
+from yoloprune.io import load_checkpoint, save_atomic, write_atomic
 from yoloprune.options import check_numbers
 
 SETTINGS_FILE = "yoloprune_finetune.json"
@@ -207,8 +207,14 @@ def _finetune_ultralytics(
     loop: dict[str, Any],
     overrides: dict[str, Any],
 ) -> FinetuneResult:
-    """ultralytics models: ``PrunedDetectionTrainer`` given the teacher and the sparsity penalty directly."""
-    from yoloprune.train.ultralytics_trainer import PrunedDetectionTrainer, read_checkpoint, write_checkpoint
+    """ultralytics models: ``PrunedDetectionTrainer`` given the teacher and the sparsity penalty directly. The start
+    is validated first, and ``best.pt`` is the start itself when no epoch beats it."""
+    from yoloprune.train.ultralytics_trainer import (
+        PrunedDetectionTrainer,
+        read_checkpoint,
+        start_fitness,
+        write_checkpoint,
+    )
 
     epochs = loop["epochs"]
     last = out / "weights" / "last.pt"
@@ -265,8 +271,10 @@ def _finetune_ultralytics(
             "sparsity": sparsity,
             "sparsity_kind": sparsity_kind,
             "args": args,
+            "start_fitness": start_fitness(args["model"], args),
         }
         save_atomic_json(out / SETTINGS_FILE, settings)
+        saved = settings
     trainer = PrunedDetectionTrainer(
         overrides=args, teacher=teacher, kd_weight=kd_weight, sparsity=sparsity, sparsity_kind=sparsity_kind
     )
@@ -275,6 +283,14 @@ def _finetune_ultralytics(
     trainer.train()
     weights = Path(trainer.save_dir) / "weights"
     best, last = weights / "best.pt", weights / "last.pt"
+    start_score = saved.get("start_fitness")
+    trained = getattr(trainer, "best_fitness", None)
+    if isinstance(start_score, float) and (trained is None or start_score >= float(trained)):
+        start_file = Path(saved.get("args", {}).get("model", out / "start.pt"))
+        if start_file.is_file():  # no epoch beat the model it was given: that is the best
+            data_of_start = start_file.read_bytes()
+            write_atomic(best, lambda f: f.write(data_of_start), overwrite=True)
+            print(f"no epoch beat the starting model (fitness {start_score:.4f}): best.pt is the start", flush=True)
     params = 0
     for path in (best, last):
         if path.is_file():
@@ -394,8 +410,10 @@ def _finetune_family(
 ) -> FinetuneResult:
     """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``). Every epoch writes
     ``out/weights/last.pt`` in the family's format and ``last.state.pt`` (fp32 weights, optimizer, schedule), so
-    ``resume`` continues from there; the result is ``out/weights/best.pt`` (the last epoch's weights)."""
+    ``resume`` continues from there. The start and every epoch are validated (COCO mAP50-95 on the val split) and
+    ``out/weights/best.pt`` is the best of them, the start included: a fine-tune never hands back a worse model."""
     from yoloprune.adapters import load_model, save_model
+    from yoloprune.evaluate.coco import evaluate
     from yoloprune.train.loop import fit
 
     weights = out / "weights"
@@ -416,10 +434,28 @@ def _finetune_family(
         save_atomic_json(out / SETTINGS_FILE, record)
     reference = load_model(str(teacher), loaded.family).model if isinstance(teacher, (str, Path)) else teacher
     section = {"finetune": {"epochs": settings["epochs"], "teacher": _recorded(teacher)}}
+    best, scores = weights / "best.pt", weights / "scores.json"
+    board = json.loads(scores.read_text()) if resume and scores.is_file() else {}
+
+    def validate(epoch: int, loss: float | None = None) -> None:
+        score = evaluate(
+            loaded.model, data, imgsz=settings["imgsz"], batch=settings["batch"], family=loaded.family
+        ).map50_95
+        shown = f"epoch {epoch}/{settings['epochs']}" if epoch else "start"
+        print(f"{shown}: {'' if loss is None else f'loss {loss:.4f}  '}val mAP50-95 {score:.4f}", flush=True)
+        board[str(epoch)] = score
+        if score >= max(board.values()):
+            save_model(loaded, best, {**section, "epoch": epoch, "map50_95": score}, overwrite=True)
+        save_atomic_json(scores, board)
 
     def checkpoint(epoch: int, train_state: dict[str, Any]) -> None:
         save_model(loaded, last, {**section, "epoch": epoch}, overwrite=True)
         save_atomic(train_state, state_path, overwrite=True)
+        validate(epoch, train_state.get("loss"))
+
+    if not resume:
+        weights.mkdir(parents=True, exist_ok=True)
+        validate(0)
 
     lr0 = settings.pop("lr0") or 0.01
     device = _loop_device(settings.pop("device"))
@@ -434,7 +470,6 @@ def _finetune_family(
         resume_state=state,
         **settings,
     )
-    best = save_model(loaded, weights / "best.pt", section, overwrite=True)
     return _loop_result(best, last, result, start, loaded.model)
 
 

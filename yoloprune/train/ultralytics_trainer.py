@@ -114,6 +114,22 @@ def load_teacher(teacher: nn.Module | str | Path, device: torch.device) -> nn.Mo
     return net
 
 
+def start_fitness(model: str | Path, args: dict[str, Any]) -> float:
+    """ultralytics' validation fitness (what picks ``best.pt``) of the checkpoint a fine-tune starts from, on the
+    run's data, image size and batch: a fine-tune keeps its start when no epoch beats it."""
+    import copy
+
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    net, _ = read_checkpoint(model)
+    keys = ("data", "imgsz", "batch", "device", "workers", "split")
+    validator = DetectionValidator(
+        args={**{k: args[k] for k in keys if k in args}, "plots": False, "verbose": False, "save_json": False}
+    )
+    stats = validator(model=copy.deepcopy(net))  # the validator fuses what it is given
+    return float(stats.get("fitness", 0.0))
+
+
 def write_checkpoint(net: nn.Module, path: Path) -> Path:
     """``net`` written as an ultralytics checkpoint the trainer (or stock ``YOLO``) loads."""
     from yoloprune.adapters import Loaded, adapter
