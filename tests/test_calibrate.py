@@ -15,12 +15,12 @@ from yoloprune.adapters.ultralytics import from_config
 from yoloprune.cli import main
 from yoloprune.data import synthesize
 from yoloprune.pruning.calibrate import (
-    _patches,
-    _positions,
     calibration_batches,
     output_error,
+    patches,
     recalibrate_norms,
     reconstruct,
+    sample_positions,
 )
 
 IMGSZ = 96
@@ -46,8 +46,8 @@ def test_sampled_patches_are_the_unfolded_rows(k, stride, pad, dilation):
     conv = nn.Conv2d(4, 6, k, stride, pad, dilation=dilation)
     x = torch.randn(2, 4, 11, 13)
     y = conv(x)
-    where = _positions(y.shape, 40, 0)
-    rows = _patches(conv, x, y.shape, where)
+    where = sample_positions(y.shape, 40, 0)
+    rows = patches(conv, x, y.shape, where)
     expected = F.unfold(x, k, dilation, pad, stride).transpose(1, 2).reshape(-1, 4 * k * k)[where]
     assert torch.equal(rows, expected)
     assert torch.allclose(
@@ -91,3 +91,62 @@ def test_prune_with_calib_from_the_command_line(trained_like, images, tmp_path, 
     empty.mkdir()
     assert main([*argv, "--calib", str(empty), "--overwrite"]) == 2
     assert capsys.readouterr().err.strip() == f"yoloprune prune: error: --calib {empty}: no images in {empty}"
+
+
+def _refit_error(p: torch.Tensor, y: torch.Tensor, gone: set[int], k: int) -> float:
+    """Relative error of the best least-squares fit of ``y`` from ``p`` (plus a constant) without channels ``gone``."""
+    keep = [i for i in range(p.shape[1]) if i // k not in gone]
+    a = torch.cat([p[:, keep], torch.ones(p.shape[0], 1, dtype=p.dtype)], 1)
+    fit = a @ torch.linalg.lstsq(a, y).solution
+    return float(((fit - y) ** 2).sum() / (y**2).sum())
+
+
+def test_removal_costs_are_the_refit_errors(monkeypatch):
+    from yoloprune.pruning import recon_scores
+
+    monkeypatch.setattr(recon_scores, "DAMPING", 1e-10)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 5, 3, bias=False)
+    p = torch.randn(3000, 36, dtype=torch.float64)
+    p[:, :9] = 0.9 * p[:, 9:18] + 0.1 * p[:, :9] + 1.0  # channel 0 is nearly channel 1, offset by a constant
+    a = torch.cat([p, torch.ones(3000, 1, dtype=p.dtype)], 1)
+    y = p @ conv.weight.detach().double().reshape(5, -1).T
+    costs = recon_scores.channel_costs(conv.weight, a.T @ a)
+    for c in range(4):
+        assert costs[c].item() == pytest.approx(_refit_error(p, y, {c}, 9), rel=1e-4)
+    assert costs[0] < 0.01 and costs[1] < 0.01 < costs[2]  # each of the twins alone is cheap...
+    consumer = recon_scores._Consumer(conv.weight, recon_scores._damped_inverse(a.T @ a), y.pow(2).sum().item())
+    consumer.remove([0])  # ...but not both: after one goes, the other carries it
+    assert consumer.costs([1]).item() == pytest.approx(_refit_error(p, y, {0, 1}, 9) - costs[0].item(), rel=1e-3)
+    assert consumer.costs([1]).item() > 0.1
+
+
+def test_reconstruction_puts_the_lost_offset_into_the_following_norm():
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Conv2d(2, 4, 1), nn.Conv2d(4, 3, 1, bias=False), nn.BatchNorm2d(3)).eval()
+    with torch.no_grad():
+        original[0].weight[3].zero_(), original[0].bias[3].fill_(2.0)  # channel 3 is a constant
+        original[2].running_mean.uniform_(-1, 1), original[2].running_var.uniform_(0.5, 2)
+    pruned = copy.deepcopy(original)
+    pruned[0].weight = nn.Parameter(original[0].weight[:3].detach().clone())
+    pruned[0].bias = nn.Parameter(original[0].bias[:3].detach().clone())
+    pruned[1].weight = nn.Parameter(original[1].weight[:, :3].detach().clone())
+    x = torch.randn(8, 2, 6, 6)
+    assert (pruned(x) - original(x)).abs().max() > 0.1  # the constant's contribution is gone...
+    result = reconstruct(pruned, original, [x[:4], x[4:]], {"0": [3]})
+    assert result.layers == 1
+    assert torch.allclose(pruned(x), original(x), atol=1e-3)  # ...and back, through the norm's running mean
+    assert pruned[1].bias is None
+
+
+def test_recon_importance_prunes_with_calibration_images(trained_like, images):
+    x = torch.zeros(1, 3, IMGSZ, IMGSZ)
+    with pytest.raises(ValueError, match="needs calibration images"):
+        yoloprune.prune(copy.deepcopy(trained_like), x, target_macs=0.7, importance="recon")
+    net = copy.deepcopy(trained_like)
+    report = yoloprune.prune(net, x, target_macs=0.7, importance="recon", calib=images[0], calib_images=16)
+    assert report.settings["importance"] == "recon" and abs(report.macs_ratio - 0.7) < 0.02
+    plain = copy.deepcopy(trained_like)
+    yoloprune.prune(plain, x, target_macs=0.7, importance="l2", calib=images[0], calib_images=16)
+    held_out = calibration_batches(images[1], IMGSZ, images=8)
+    assert output_error(net, trained_like, held_out) < output_error(plain, trained_like, held_out)

@@ -1,18 +1,30 @@
-"""How much accuracy survives pruning before any fine-tuning: plain, norm statistics re-estimated, and calibrated.
+"""How much accuracy survives pruning, right after it and after a short fine-tune, for each way of pruning.
 
-Trains (or reuses) a yolov8n baseline on the synthetic benchmark with stock ultralytics, then for each criterion and
-MACs target prunes a copy three ways and evaluates each on the validation split with pycocotools:
-``plain`` (pruned only), ``bn`` (norm statistics re-estimated on the calibration images) and ``calib``
-(``yoloprune.prune(..., calib=DIR)``: least-squares reconstruction, then statistics when they help). The calibration
-images are the first ``--calib-images`` training images; evaluation uses the validation split, which no variant sees.
+Starts from a trained ultralytics checkpoint (``--model``, e.g. a converged one from ``tools/train_baselines.py``) and
+its data yaml, prunes a copy at every MACs target with every variant, and evaluates each on the validation split
+with pycocotools:
 
-    python tools/bench_calibration.py -o runs/bench_calibration --epochs 40
+- ``plain``: ``l2`` importance, pruned only;
+- ``bn``: ``l2``, then norm statistics re-estimated on the calibration images;
+- ``calib-l2``: ``l2``, then calibrated (``calib=DIR``: least-squares reconstruction, statistics when they help);
+- ``default``: what ``yoloprune prune --calib DIR`` does (``importance=auto``: reconstruction-aware ranking, then
+  calibration).
+
+The calibration images are the first ``--calib-images`` training images (their labels are never read); evaluation
+uses the validation split, which no variant sees. With ``--finetune-epochs N`` the variants in ``--finetune`` are
+then fine-tuned N epochs with distillation from the unpruned model (``yoloprune.finetune``); the table gets the
+validation mAP50-95 ultralytics recorded after epochs 1, 3 and N (``results.csv``) and pycocotools' on ``best.pt``.
+
+    python tools/train_baselines.py -o runs/baselines --models yolov8n --epochs 150
+    python tools/bench_calibration.py --model runs/baselines/yolov8n/weights/best.pt \
+        --data runs/baselines/data/data.yaml -o runs/bench_calibration --finetune-epochs 10
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import os
 import time
@@ -20,94 +32,113 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+VARIANTS = ("plain", "bn", "calib-l2", "default")
+
+
+def prune_variant(base, x, variant: str, target: float, calib_dir: Path, images: int, batches) -> tuple:
+    """A pruned copy of ``base`` made the ``variant`` way, its prune report and the seconds it took."""
+    import yoloprune
+    from yoloprune.pruning.calibrate import recalibrate_norms
+
+    net = copy.deepcopy(base)
+    options = {"target_macs": target, "round_to": 8, "importance": "l2"}
+    if variant in ("calib-l2", "default"):
+        options.update(calib=str(calib_dir), calib_images=images)
+    if variant == "default":
+        options["importance"] = "auto"
+    start = time.perf_counter()
+    report = yoloprune.prune(net, x, **options)
+    if variant == "bn":
+        recalibrate_norms(net, batches)
+    return net, report, time.perf_counter() - start
+
+
+def finetune_row(net, teacher: Path, data: Path, out: Path, epochs: int, imgsz: int) -> dict:
+    """Fine-tune ``net`` with distillation; validation mAP after epochs 1, 3 and the last, and of ``best.pt``."""
+    from yoloprune.evaluate.coco import evaluate
+    from yoloprune.train import finetune
+
+    start = time.perf_counter()
+    result = finetune(
+        net,
+        data,
+        epochs=epochs,
+        teacher=teacher,
+        imgsz=imgsz,
+        batch=16,
+        out=out,
+        overwrite=True,
+        workers=2,
+        mosaic=0.0,
+        close_mosaic=0,
+        warmup_epochs=0,
+        verbose=False,
+        nbs=16,
+    )
+    rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader((out / "results.csv").open())]
+    curve = [float(r["metrics/mAP50-95(B)"]) for r in rows]
+    return {
+        "ft_epoch1": curve[0] if curve else None,
+        "ft_epoch3": curve[2] if len(curve) > 2 else None,
+        "ft_last": curve[-1] if curve else None,
+        "ft_best_coco": evaluate(result.best, data, imgsz=imgsz).map50_95,
+        "ft_seconds": round(time.perf_counter() - start),
+    }
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="trained ultralytics checkpoint")
+    parser.add_argument("--data", required=True, help="its data yaml (calibration images: the train split)")
     parser.add_argument("-o", "--output", default="runs/bench_calibration")
-    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--imgsz", type=int, default=160)
-    parser.add_argument("--train", type=int, default=400)
-    parser.add_argument("--val", type=int, default=100)
-    parser.add_argument("--difficulty", default="easy", choices=("easy", "hard"))
-    parser.add_argument("--targets", default="0.8,0.65,0.5")
-    parser.add_argument("--criteria", default="l2,l1")
+    parser.add_argument("--targets", default="0.8,0.7,0.5,0.3")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--finetune", default="plain,default", help="variants to fine-tune")
+    parser.add_argument("--finetune-targets", default="0.7,0.5")
     args = parser.parse_args()
 
     import torch
-    from ultralytics import YOLO
 
-    import yoloprune
     from yoloprune.adapters import load_model
-    from yoloprune.data import synthesize
+    from yoloprune.data.datasets import load_detection_set
     from yoloprune.evaluate.coco import evaluate
-    from yoloprune.pruning.calibrate import calibration_batches, recalibrate_norms
+    from yoloprune.pruning.calibrate import calibration_batches
 
-    out = Path(args.output)
-    data = out / "data" / "data.yaml"
-    if not data.is_file():
-        synthesize(out / "data", args.train, args.val, args.imgsz, 4, 0, difficulty=args.difficulty)
-    best = out / "baseline" / "weights" / "best.pt"
-    if not best.is_file():
-        start = time.perf_counter()
-        YOLO("yolov8n.yaml").train(
-            data=str(data),
-            epochs=args.epochs,
-            imgsz=args.imgsz,
-            batch=16,
-            device="cpu",
-            project=str(out.resolve()),
-            name="baseline",
-            exist_ok=True,
-            verbose=False,
-            mosaic=0.0,
-            close_mosaic=0,
-            warmup_epochs=1,
-            plots=False,
-            workers=2,
-            seed=0,
-            nbs=16,
-        )
-        print(f"baseline trained {args.epochs} epochs in {time.perf_counter() - start:.0f} s", flush=True)
-    base = load_model(str(best))
+    out, data = Path(args.output), Path(args.data)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_model(args.model).model
     x = torch.zeros(1, 3, args.imgsz, args.imgsz)
-    calib_dir = out / "data" / "images" / "train"
+    calib_dir = Path(load_detection_set(data, "train").images[0]).parent
     batches = calibration_batches(calib_dir, args.imgsz, images=args.calib_images)
-    rows = [
-        {
-            "criterion": "-",
-            "target": 1.0,
-            "variant": "unpruned",
-            "map50_95": evaluate(base.model, data, imgsz=args.imgsz).map50_95,
-            "seconds": 0.0,
-        }
-    ]
-    print(rows[-1], flush=True)
-    for criterion in args.criteria.split(","):
-        for target in (float(t) for t in args.targets.split(",")):
-            for variant in ("plain", "bn", "calib"):
-                net = copy.deepcopy(base.model)
-                start = time.perf_counter()
-                options = {"target_macs": target, "importance": criterion, "round_to": 8}
-                if variant == "calib":
-                    options.update(calib=str(calib_dir), calib_images=args.calib_images)
-                report = yoloprune.prune(net, x, **options)
-                if variant == "bn":
-                    recalibrate_norms(net, batches)
-                seconds = time.perf_counter() - start
-                score = evaluate(net, data, imgsz=args.imgsz).map50_95
-                rows.append(
-                    {
-                        "criterion": criterion,
-                        "target": target,
-                        "variant": variant,
-                        "map50_95": score,
-                        "macs": round(report.macs_ratio, 3),
-                        "seconds": round(seconds, 1),
-                    }
+    unpruned = evaluate(base, data, imgsz=args.imgsz).map50_95
+    rows = [{"target": 1.0, "variant": "unpruned", "map50_95": unpruned}]
+    print(json.dumps(rows[-1]), flush=True)
+    tuned = {t for t in args.finetune_targets.split(",")} if args.finetune_epochs else set()
+    for target_text in args.targets.split(","):
+        target = float(target_text)
+        for variant in args.variants.split(","):
+            net, report, seconds = prune_variant(base, x, variant, target, calib_dir, args.calib_images, batches)
+            score = evaluate(net, data, imgsz=args.imgsz).map50_95
+            row = {
+                "target": target,
+                "variant": variant,
+                "importance": report.settings["importance"],
+                "macs": round(report.macs_ratio, 3),
+                "map50_95": score,
+                "kept": round(score / unpruned, 3),
+                "seconds": round(seconds, 1),
+            }
+            if target_text in tuned and variant in args.finetune.split(","):
+                ft = finetune_row(
+                    net, Path(args.model), data, out / f"ft-{variant}-{target_text}", args.finetune_epochs, args.imgsz
                 )
-                print(rows[-1], flush=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+                row.update(ft, ft_kept=round(ft["ft_best_coco"] / unpruned, 3))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            (out / "results.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -469,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnxruntime CPU ms on this machine",
     )
     how.add_argument("--ratios-from", metavar="DIR", help="per-stage ratios from `yoloprune sensitivity`")
-    p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
+    p.add_argument(
+        "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
+    )
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES, help="combine a group's layers (mean)")
     p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
     p.add_argument("--max-ratio", type=float, default=0.8, help="most any group may lose with --global (0.8)")
@@ -582,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DIR", help="unlabelled images to calibrate every pruned point on")
     p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images to use (64)")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation weight when fine-tuning (1.0)")
-    p.add_argument("--importance", default="l2", choices=CRITERIA, help="channel ranking (l2)")
+    p.add_argument(
+        "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
+    )
     p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8)")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="size for evaluation, export and latency (640)")

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-CRITERIA = ("l2", "l1", "bn", "taylor", "random")  # channel importance criteria (pruning.importance)
+CRITERIA = ("auto", "l2", "l1", "bn", "taylor", "recon", "random")  # channel importance (pruning.importance)
+AUTO_CRITERIA = ("recon", "l2")  # what "auto" means with calibration images and without
 AGGREGATES = ("mean", "sum", "max")  # how a group combines its layers' scores
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

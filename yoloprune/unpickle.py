@@ -682,9 +682,7 @@ def _check_module_tree(modules: list[nn.Module]) -> None:
 # ------------------------------------------------------------------------------------------------------ entry
 def pickle_module(policy: Policy | None = None, opaque: bool = False, seen: list[str] | None = None) -> Any:
     """A ``pickle_module`` for ``torch.load(..., weights_only=False)`` that unpickles through ``SafeUnpickler``."""
-    unpickler = type(
-        "Unpickler", (SafeUnpickler,), {"policy": policy or Policy(), "opaque": opaque, "seen": seen}
-    )
+    unpickler = type("Unpickler", (SafeUnpickler,), {"policy": policy or Policy(), "opaque": opaque, "seen": seen})
     mod = types.ModuleType("yoloprune_safe_pickle")
     mod.Unpickler = unpickler  # type: ignore[attr-defined]
     mod.load = lambda f, **kw: unpickler(f, **kw).load()  # type: ignore[attr-defined]

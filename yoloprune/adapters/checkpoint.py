@@ -106,5 +106,3 @@ def names_dict(names: Any) -> dict[int, str]:
     if isinstance(names, (list, tuple)):
         return {i: str(v) for i, v in enumerate(names)}
     return {}
-
-

@@ -112,5 +112,3 @@ def _config_family(path: Path) -> str | None:
     layers = [*(cfg.get("backbone") or []), *cfg["head"]]
     used = {str(layer[2]) for layer in layers if isinstance(layer, list) and len(layer) > 2}
     return "yolov7" if used & YOLOV7_ONLY else "yolov5"
-
-

@@ -65,7 +65,7 @@ def calibration_batches(
     return [torch.cat(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
 
 
-def _refittable(module: nn.Module) -> bool:
+def refittable(module: nn.Module) -> bool:
     """Dense 2-D convolutions (every YOLO family's consumers); grouped and depthwise ones carry channels through."""
     return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
 
@@ -76,7 +76,7 @@ def _order(model: nn.Module, batch: torch.Tensor) -> list[str]:
     hooks = [
         m.register_forward_pre_hook(lambda _m, _i, name=name: seen.append(name) if name not in seen else None)
         for name, m in model.named_modules()
-        if _refittable(m)
+        if refittable(m)
     ]
     try:
         with torch.no_grad():
@@ -87,7 +87,7 @@ def _order(model: nn.Module, batch: torch.Tensor) -> list[str]:
     return seen
 
 
-def _positions(shape: torch.Size, count: int, seed: int) -> torch.Tensor:
+def sample_positions(shape: torch.Size, count: int, seed: int) -> torch.Tensor:
     """``count`` output positions (flat indices over batch and space) drawn with ``seed``: the same for the original
     and the pruned layer, whose outputs have the same shape."""
     total = int(shape[0]) * (int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else 1)
@@ -95,7 +95,7 @@ def _positions(shape: torch.Size, count: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=g)[:count]
 
 
-def _patches(layer: nn.Module, x: torch.Tensor, out_shape: torch.Size, where: torch.Tensor) -> torch.Tensor:
+def patches(layer: nn.Module, x: torch.Tensor, out_shape: torch.Size, where: torch.Tensor) -> torch.Tensor:
     """The layer's input rows at output positions ``where``: (positions, in_features), in the weight's layout, without
     unfolding whole feature maps."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
@@ -126,8 +126,8 @@ def _inputs(model: nn.Module, name: str, batches: Sequence[torch.Tensor], count:
     got: list[torch.Tensor] = []
 
     def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        where = _positions(out.shape, count, seed + len(got))
-        got.append(_patches(m, args[0].detach().float(), out.shape, where))
+        where = sample_positions(out.shape, count, seed + len(got))
+        got.append(patches(m, args[0].detach().float(), out.shape, where))
         raise _Reached
 
     handle = module.register_forward_hook(hook)
@@ -149,7 +149,7 @@ def _outputs(model: nn.Module, names: Sequence[str], batches: Sequence[torch.Ten
     def hook_for(name: str) -> Callable:
         def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
             if len(got[name]) <= index[0]:
-                got[name].append(_targets(out.float(), _positions(out.shape, count, seed + index[0])))
+                got[name].append(_targets(out.float(), sample_positions(out.shape, count, seed + index[0])))
 
         return hook
 
@@ -181,16 +181,21 @@ def _error(p: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
     return float((p @ w.T - y).norm() / y.norm().clamp_min(1e-12))
 
 
-def _refit(layer: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor], seed: int) -> tuple[float, float]:
-    """Least-squares weights (and bias) for ``layer`` from sampled pruned inputs and original outputs, pulled toward
+def _refit(
+    layer: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor], seed: int, norm: nn.Module | None = None
+) -> tuple[float, float]:
+    """Least-squares weights and offset for ``layer`` from sampled pruned inputs and original outputs, pulled toward
     the current weights by a ridge chosen on a fifth of the samples held out; kept only when they predict the
-    held-out samples better than the current weights. Returns the held-out relative error before and after."""
+    held-out samples better than the current weights. The offset (what removed channels contributed on average) goes
+    into the layer's bias, or, for a layer without one, into the running mean of the batch norm ``norm`` that reads
+    its output. Returns the held-out relative error before and after."""
     p, y = torch.cat(xs).double(), torch.cat(ys).double()
-    bias = layer.bias is not None
+    bias = layer.bias is not None or norm is not None
     w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
     if bias:
         p = torch.cat([p, torch.ones(p.shape[0], 1, dtype=p.dtype)], 1)
-        w0 = torch.cat([w0, layer.bias.detach().double()[:, None]], 1)
+        b0 = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w0.shape[0], dtype=w0.dtype)
+        w0 = torch.cat([w0, b0[:, None]], 1)
     order = torch.randperm(p.shape[0], generator=torch.Generator().manual_seed(seed))
     cut = max(1, p.shape[0] // 5)
     held, fit = order[:cut], order[cut:]
@@ -205,9 +210,39 @@ def _refit(layer: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor], see
     with torch.no_grad():
         columns = w0.shape[1] - (1 if bias else 0)
         layer.weight.copy_(solution[:, :columns].reshape(layer.weight.shape).to(layer.weight.dtype))
-        if bias:
+        if layer.bias is not None:
             layer.bias.copy_(solution[:, -1].to(layer.bias.dtype))
+        elif norm is not None:  # norm(y + b) with mean m equals norm(y) with mean m - b
+            norm.running_mean.sub_(solution[:, -1].to(norm.running_mean.dtype))
     return before, after
+
+
+def following_norms(model: nn.Module, batch: torch.Tensor, names: Sequence[str]) -> dict[str, nn.Module]:
+    """For each layer of ``names`` without a bias, the batch norm (with running statistics) that reads its output
+    directly, found by watching one forward pass."""
+    produced: dict[int, str] = {}
+    found: dict[str, nn.Module] = {}
+
+    def remember(name: str) -> Callable:
+        return lambda _m, _args, out: produced.__setitem__(id(out), name)
+
+    def check(norm: nn.Module, args: tuple) -> None:
+        name = produced.get(id(args[0])) if args else None
+        if name is not None and norm.running_mean is not None:
+            found.setdefault(name, norm)
+
+    wanted = [n for n in names if model.get_submodule(n).bias is None]
+    handles = [model.get_submodule(n).register_forward_hook(remember(n)) for n in wanted]
+    handles += [
+        m.register_forward_pre_hook(check) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    try:
+        with torch.no_grad():
+            model(batch[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return found
 
 
 def reconstruct(
@@ -236,6 +271,7 @@ def reconstruct(
         ]  # a layer whose inputs are all there computes what the original computes
         count = max(1, samples // len(batches))
         targets = _outputs(original, names, batches, count, seed)
+        norms = following_norms(pruned, batches[0], names)
         errors = []
         for name in names:
             layer, reference = pruned.get_submodule(name), original.get_submodule(name)
@@ -243,7 +279,7 @@ def reconstruct(
             if len(kept) != layer.weight.shape[0] or len(targets[name]) != len(batches):
                 continue  # the plan does not say which outputs it kept: leave it as pruned
             xs = _inputs(pruned, name, batches, count, seed)
-            before, after = _refit(layer, xs, [y[:, kept] for y in targets[name]], seed)
+            before, after = _refit(layer, xs, [y[:, kept] for y in targets[name]], seed, norms.get(name))
             errors.append((before, after))
             if progress:
                 progress(f"refit {name}: relative error {before:.3f} -> {after:.3f}")

@@ -7,7 +7,7 @@ consistently). Lower scores are removed first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from torch import nn
 from yoloprune.graph import Graph
 from yoloprune.graph.records import Member
 from yoloprune.graph.surgery import _tensor
-from yoloprune.options import AGGREGATES, CRITERIA
+from yoloprune.options import AGGREGATES, AUTO_CRITERIA, CRITERIA
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 
@@ -31,12 +31,16 @@ def channel_scores(
     aggregate: str = "mean",
     normalize_layers: bool = False,
     taylor_loss: LossFn | None = None,
+    calib_batches: Sequence[torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Score every channel (graph component).
 
     ``l1``/``l2``: summed absolute / squared weights of the channel in each member. ``bn``: absolute norm scale
     (network slimming; channels without a norm fall back to ``l2``). ``taylor``: first-order Taylor
     ``|sum(w * dL/dw)|`` with gradients from ``taylor_loss(model)`` (a few batches of the family's loss).
+    ``auto``: ``recon`` when ``calib_batches`` are given, else ``l2``.
+    ``recon``: the output error each channel's removal leaves in its consumers after least-squares refitting, on
+    ``calib_batches`` (``pruning.recon_scores``; channels with no dense consumer fall back to ``l2``).
     ``random``: uniform noise from ``seed``. Per-member values are combined with ``aggregate`` (mean, sum or max),
     after dividing each member by its own mean when ``normalize_layers``.
     """
@@ -44,12 +48,21 @@ def channel_scores(
         raise ValueError(f"unknown importance {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+    if criterion == "auto":
+        criterion = AUTO_CRITERIA[0] if calib_batches else AUTO_CRITERIA[1]
     if criterion == "random":
         return np.random.default_rng(seed).random(graph.num_comps)
-    if criterion == "bn":
-        scores, seen = _combine(model, graph, _is_norm_scale, 1, aggregate, normalize_layers)
+    if criterion in ("bn", "recon"):
+        if criterion == "bn":
+            scores, seen = _combine(model, graph, _is_norm_scale, 1, aggregate, normalize_layers)
+        elif calib_batches:
+            from yoloprune.pruning.recon_scores import reconstruction_scores
+
+            scores, seen = reconstruction_scores(model, graph, calib_batches, seed=seed)
+        else:
+            raise ValueError("importance 'recon' needs calibration images: pass calib=DIR (--calib DIR)")
         fallback, _ = _combine(model, graph, _is_weight, 2, aggregate, normalize_layers)
-        if seen.any():  # put the fallback on the same scale as the norm scores
+        if seen.any():  # put the fallback on the same scale as the scores
             fallback = fallback * (scores[seen].mean() / max(fallback[seen].mean(), 1e-12))
         return np.where(seen, scores, fallback)
     grads = _taylor_grads(model, taylor_loss) if criterion == "taylor" else None

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from yoloprune.graph.plan import compose
 from yoloprune.graph.registry import Policy
 from yoloprune.graph.smoke import smoke_test
 from yoloprune.graph.surgery import PruneError, Removal, Snapshot, remove_channels
+from yoloprune.options import AUTO_CRITERIA
 from yoloprune.pruning.importance import channel_scores, check_scores
 from yoloprune.pruning.select import Goal, Selection, choose, goal_for_step
 from yoloprune.pruning.settings import PruneSettings
@@ -89,12 +90,14 @@ def prune(
     taylor_loss: TaylorLoss | None = None,
     between_steps: Callable[[int, nn.Module], bool | None] | None = None,
     policies: Mapping[Any, Policy] | None = None,
+    calib_batches: Sequence[Any] | None = None,
 ) -> PruneReport:
     """Remove channels from ``model`` in place by ratio or MACs/params target and return what changed.
+    ``calib_batches`` (image tensors) feed the ``recon`` importance.
     ``yoloprune.prune`` is the public entry: it builds ``settings`` from keywords and adds latency targets."""
     if settings.target_latency_ms is not None:
         raise ValueError("a latency target is met by yoloprune.prune, which times candidates with onnxruntime")
-    return _prune(model, example_inputs, settings, taylor_loss, between_steps, policies)
+    return _prune(model, example_inputs, settings, taylor_loss, between_steps, policies, calib_batches)
 
 
 def _prune(
@@ -104,9 +107,12 @@ def _prune(
     taylor_loss: TaylorLoss | None,
     between_steps: Callable[[int, nn.Module], bool | None] | None,
     policies: Mapping[Any, Policy] | None,
+    calib_batches: Sequence[Any] | None = None,
 ) -> PruneReport:
     """Prune in ``s.steps`` steps: each scores, chooses and applies; then the report (and the exactness check)."""
     start = time.perf_counter()
+    if s.importance == "auto":  # recorded as what it meant
+        s = replace(s, importance=AUTO_CRITERIA[0] if calib_batches else AUTO_CRITERIA[1])
     reference = copy.deepcopy(resolve(model, s.family, s.prune_head).module) if s.verify else None
     family = resolve(model, family=s.family, prune_head=s.prune_head).family
     totals: dict[str, Any] = {"removed": {}, "sizes": {}, "channels": 0, "groups": 0, "notes": [], "steps": 0}
@@ -120,7 +126,7 @@ def _prune(
         )
         protected = tuple(n for n in (first_layer(target.module),) if s.protect_first and n)
         removal, graph, selection, macs_after, notes = _apply(
-            target, example_inputs, goal, _scorer(s, taylor_loss), (*s.ignore, *protected), policies, s
+            target, example_inputs, goal, _scorer(s, taylor_loss, calib_batches), (*s.ignore, *protected), policies, s
         )
         before = before or (graph.trace.macs, int(sum(graph.trace.numels.values())))
         _accumulate(totals, removal, selection, notes)
@@ -140,7 +146,7 @@ def _prune(
     return report
 
 
-def _scorer(s: PruneSettings, taylor_loss: TaylorLoss | None) -> Scorer:
+def _scorer(s: PruneSettings, taylor_loss: TaylorLoss | None, calib_batches: Sequence[Any] | None) -> Scorer:
     """Channel scores for a graph: the settings' criterion, or the caller's function (its scores checked)."""
     importance = s.importance
 
@@ -148,8 +154,14 @@ def _scorer(s: PruneSettings, taylor_loss: TaylorLoss | None) -> Scorer:
         if callable(importance):
             return check_scores(importance(net, graph), graph, importance)
         return channel_scores(
-            net, graph, importance, s.seed, aggregate=s.aggregate, normalize_layers=s.normalize_layers,
+            net,
+            graph,
+            importance,
+            s.seed,
+            aggregate=s.aggregate,
+            normalize_layers=s.normalize_layers,
             taylor_loss=taylor_loss,
+            calib_batches=calib_batches,
         )
 
     return scorer

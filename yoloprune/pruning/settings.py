@@ -37,7 +37,7 @@ class PruneSettings:
     latency_threads: int = field(default=1, metadata={"types": (int,)})
     unit_ratios: dict[str, float] | None = field(default=None, metadata={"types": (dict, type(None))})
     units_by: str = field(default="stage", metadata={"types": (str,)})
-    importance: str | Callable[..., Any] = field(default="l2", metadata={"types": (str,)})
+    importance: str | Callable[..., Any] = field(default="auto", metadata={"types": (str,)})
     aggregate: str = field(default="mean", metadata={"types": (str,)})
     normalize_layers: bool = field(default=False, metadata={"types": (bool,)})
     seed: int = field(default=0, metadata={"types": (int,)})

@@ -47,7 +47,7 @@ def prune(
     model: nn.Module,
     example_inputs: Any,
     ratio: float | None = None,
-    importance: str | Callable[..., Any] = "l2",
+    importance: str | Callable[..., Any] = "auto",
     seed: int = 0,
     ignore: Sequence[str] = (),
     *,
@@ -67,7 +67,8 @@ def prune(
     ``target_macs`` / ``target_params`` (a fraction of the original, reached within about 2%), or
     ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``),
     or ``unit_ratios`` (a ratio per stage or group, e.g. from ``yoloprune sensitivity``; ``units_by``).
-    Which: ``importance`` ranks channels ("l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
+    Which: ``importance`` ranks channels ("auto": "recon" with ``calib``, else "l2"; "recon", the error a channel's
+    removal leaves after calibration; "l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
     ``data`` yaml, "random", or a callable ``(model, graph) -> scores``), combining a group's members with
     ``aggregate`` (``normalize_layers`` first divides each member by its mean); ``global_ranking`` compares
     group-normalised scores across groups, each group losing at most ``max_ratio``. ``round_to`` keeps every pruned
@@ -92,7 +93,8 @@ def prune(
 
         taylor_loss = taylor_loss_from(data, int(example_inputs.shape[-1]))
     before = _calibration_inputs(model, example_inputs, settings, calib, calib_images) if calib is not None else None
-    report = _prune(model, example_inputs, settings, taylor_loss, between_steps, policies)
+    batches = before[1] if before is not None else None
+    report = _prune(model, example_inputs, settings, taylor_loss, between_steps, policies, batches)
     if before is not None:
         _calibrate(model, settings, report, *before)
     return report
@@ -105,13 +107,20 @@ def _prune(
     taylor_loss: Callable[[nn.Module], Any] | None,
     between_steps: Callable[[int, nn.Module], bool | None] | None,
     policies: Mapping[Any, Policy] | None,
+    calib_batches: list[Any] | None = None,
 ) -> PruneReport:
     """``pruning.run.prune``, or with a latency target a search over MACs fractions timed with onnxruntime."""
     from yoloprune.pruning import run
 
     if settings.target_latency_ms is None:
         return run.prune(
-            model, example_inputs, settings, taylor_loss=taylor_loss, between_steps=between_steps, policies=policies
+            model,
+            example_inputs,
+            settings,
+            taylor_loss=taylor_loss,
+            between_steps=between_steps,
+            policies=policies,
+            calib_batches=calib_batches,
         )
     from yoloprune.export.bench import module_latency
     from yoloprune.pruning.latency import fraction_for_latency
@@ -125,11 +134,19 @@ def _prune(
         settings.target_latency_ms,
         settings.latency_imgsz,
         settings.latency_threads,
-        lambda net, f: run.prune(net, example_inputs, at(f), taylor_loss=taylor_loss, policies=policies),
+        lambda net, f: run.prune(
+            net, example_inputs, at(f), taylor_loss=taylor_loss, policies=policies, calib_batches=calib_batches
+        ),
         module_latency,
     )
     report = run.prune(
-        model, example_inputs, at(fraction), taylor_loss=taylor_loss, between_steps=between_steps, policies=policies
+        model,
+        example_inputs,
+        at(fraction),
+        taylor_loss=taylor_loss,
+        between_steps=between_steps,
+        policies=policies,
+        calib_batches=calib_batches,
     )
     report.settings = {**settings.record(), "latency_search_macs": fraction}
     report.latency_ms = latency_ms

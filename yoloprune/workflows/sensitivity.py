@@ -45,7 +45,7 @@ def analyse(
     imgsz: int = 640,
     batch: int = 16,
     max_images: int | None = None,
-    importance: str = "l2",
+    importance: str = "auto",
     round_to: int = 1,
     overwrite: bool = False,
 ) -> list[Row]:

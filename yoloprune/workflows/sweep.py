@@ -100,7 +100,7 @@ def sweep(
     *,
     finetune_epochs: int = 0,
     kd_weight: float = 1.0,
-    importance: str = "l2",
+    importance: str = "auto",
     global_ranking: bool = False,
     round_to: int = 8,
     imgsz: int = 640,
