@@ -139,13 +139,14 @@ def test_reconstruction_puts_the_lost_offset_into_the_following_norm():
     assert pruned[1].bias is None
 
 
-def test_recon_importance_prunes_with_calibration_images(trained_like, images):
+def test_with_calibration_images_the_default_ranks_by_recon_error_per_mac(trained_like, images):
     x = torch.zeros(1, 3, IMGSZ, IMGSZ)
     with pytest.raises(ValueError, match="needs calibration images"):
         yoloprune.prune(copy.deepcopy(trained_like), x, target_macs=0.7, importance="recon")
     net = copy.deepcopy(trained_like)
-    report = yoloprune.prune(net, x, target_macs=0.7, importance="recon", calib=images[0], calib_images=16)
-    assert report.settings["importance"] == "recon" and abs(report.macs_ratio - 0.7) < 0.02
+    report = yoloprune.prune(net, x, target_macs=0.7, calib=images[0], calib_images=16)  # the default with images
+    assert report.settings["importance"] == "recon" and report.settings["global_ranking"] is True
+    assert abs(report.macs_ratio - 0.7) < 0.02
     plain = copy.deepcopy(trained_like)
     yoloprune.prune(plain, x, target_macs=0.7, importance="l2", calib=images[0], calib_images=16)
     held_out = calibration_batches(images[1], IMGSZ, images=8)

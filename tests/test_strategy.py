@@ -146,3 +146,25 @@ def test_latency_target_lands_under_budget(monkeypatch):
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         yoloprune.prune(yolo(), X, **kwargs)
+
+
+def test_per_mac_ranking_charges_each_channel_what_it_saves():
+    from yoloprune.pruning.select import per_mac, search
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
+    graph = build(net, torch.zeros(1, 3, 32, 32))
+    first, second = sorted(graph.prunable_groups, key=lambda g: int(g.comps.min()))
+    assert {first.channels, second.channels} == {8}
+    ranked = per_mac(graph, np.ones(graph.num_comps))
+    # a channel of the full-resolution layer (3x3x3 in, 3x3 out at 32x32, then 8x3x3 at 16x16) saves more MACs
+    # than one of the strided layer (8x3x3 at 16x16, then 4 at 16x16): equal damage, so it is the cheaper to lose
+    assert ranked[first.comps].max() < ranked[second.comps].min()
+    scores = np.ones(graph.num_comps)
+    for g in (first, second):
+        scores[g.comps] += 0.01 * np.arange(g.channels)  # equal damage in both, channel by channel
+    chosen = search(graph, scores, target=0.7, global_ranking=True, max_ratio=0.75, comparable=True)
+    lost = {g.id: int(chosen.removed[g.comps].sum()) for g in (first, second)}
+    assert lost == {first.id: 2, second.id: 0}  # a channel of the first saves 12% of the MACs, of the second 4%
+    assert chosen.removed[first.comps[:2]].all()

@@ -473,7 +473,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
     )
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES, help="combine a group's layers (mean)")
-    p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
+    ranking = p.add_mutually_exclusive_group()
+    ranking.add_argument(
+        "--global",
+        dest="global_ranking",
+        action="store_true",
+        default=None,
+        help="rank channels across groups (default with --calib: per MAC, by recon error)",
+    )
+    ranking.add_argument(
+        "--uniform", dest="global_ranking", action="store_false", help="every group loses the same fraction"
+    )
     p.add_argument("--max-ratio", type=float, default=0.8, help="most any group may lose with --global (0.8)")
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8; 1 disables)")
     p.add_argument("--steps", type=int, default=1, help="reach the target in this many steps (1)")
@@ -587,7 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
     )
-    p.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across groups")
+    ranking = p.add_mutually_exclusive_group()
+    ranking.add_argument(
+        "--global",
+        dest="global_ranking",
+        action="store_true",
+        default=None,
+        help="rank channels across groups (default with --calib: per MAC, by recon error)",
+    )
+    ranking.add_argument(
+        "--uniform", dest="global_ranking", action="store_false", help="every group loses the same fraction"
+    )
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8)")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="size for evaluation, export and latency (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")

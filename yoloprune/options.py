@@ -12,6 +12,7 @@ import yaml
 
 CRITERIA = ("auto", "l2", "l1", "bn", "taylor", "recon", "random")  # channel importance (pruning.importance)
 AUTO_CRITERIA = ("recon", "l2")  # what "auto" means with calibration images and without
+COMPARABLE = ("recon",)  # criteria whose scores compare across layers: ranked globally per MAC by default
 AGGREGATES = ("mean", "sum", "max")  # how a group combines its layers' scores
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

@@ -20,7 +20,7 @@ from yoloprune.graph.plan import compose
 from yoloprune.graph.registry import Policy
 from yoloprune.graph.smoke import smoke_test
 from yoloprune.graph.surgery import PruneError, Removal, Snapshot, remove_channels
-from yoloprune.options import AUTO_CRITERIA
+from yoloprune.options import AUTO_CRITERIA, COMPARABLE
 from yoloprune.pruning.importance import channel_scores, check_scores
 from yoloprune.pruning.select import Goal, Selection, choose, goal_for_step
 from yoloprune.pruning.settings import PruneSettings
@@ -113,6 +113,8 @@ def _prune(
     start = time.perf_counter()
     if s.importance == "auto":  # recorded as what it meant
         s = replace(s, importance=AUTO_CRITERIA[0] if calib_batches else AUTO_CRITERIA[1])
+    if s.global_ranking is None:  # scores that compare across layers rank globally, per MAC
+        s = replace(s, global_ranking=s.importance in COMPARABLE)
     reference = copy.deepcopy(resolve(model, s.family, s.prune_head).module) if s.verify else None
     family = resolve(model, family=s.family, prune_head=s.prune_head).family
     totals: dict[str, Any] = {"removed": {}, "sizes": {}, "channels": 0, "groups": 0, "notes": [], "steps": 0}
@@ -187,7 +189,9 @@ def _apply(
         graph = build(
             net, example_inputs, outputs=target.outputs, ignore=ignore, policies=policies, frozen_io=frozen_io
         )
-        selection, chosen = choose(graph, scorer(net, graph), goal, s.global_ranking, s.max_ratio, s.round_to)
+        selection, chosen = choose(
+            graph, scorer(net, graph), goal, s.global_ranking, s.max_ratio, s.round_to, s.importance in COMPARABLE
+        )
         notes.extend(chosen)
         snapshot = Snapshot(net)
         removal = remove_channels(net, graph, selection.removed, policies)

@@ -111,6 +111,21 @@ def normalise(graph: Graph, scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def per_mac(graph: Graph, scores: np.ndarray) -> np.ndarray:
+    """Scores divided by the MACs one channel of their group costs: for scores that already compare across layers
+    (``recon``: output error left after refitting), a global ranking then removes the least damage per MAC saved,
+    so fragile layers lose less and cheap, redundant ones more."""
+    out = scores.astype(float).copy()
+    base = graph.estimate(np.zeros(graph.num_comps, dtype=bool))[0]
+    for g in graph.groups:
+        if not g.channels:
+            continue
+        one = np.zeros(graph.num_comps, dtype=bool)
+        one[g.comps[0]] = True
+        out[g.comps] = scores[g.comps] / max(base - graph.estimate(one)[0], 1)
+    return out
+
+
 def search(
     graph: Graph,
     scores: np.ndarray,
@@ -121,14 +136,16 @@ def search(
     max_ratio: float = 0.8,
     round_to: int = 1,
     iterations: int = 40,
+    comparable: bool = False,
 ) -> Selection:
     """The selection whose MACs (or params) come closest to ``target`` x the unpruned model's.
 
-    Uniform: bisection on the ratio every group loses. Global: bisection on the threshold of group-normalised scores.
+    Uniform: bisection on the ratio every group loses. Global: bisection on a threshold of group-normalised scores
+    (``normalise``), or of scores per MAC (``per_mac``) when the scores are ``comparable`` across layers.
     """
     base = graph.estimate(np.zeros(graph.num_comps, dtype=bool))[0 if metric == "macs" else 1]
     goal = target * base
-    ranked = normalise(graph, scores) if global_ranking else scores
+    ranked = (per_mac if comparable else normalise)(graph, scores) if global_ranking else scores
 
     def pick(x: float) -> Selection:
         counts = global_counts(graph, ranked, x, max_ratio) if global_ranking else uniform_counts(graph, x, max_ratio)
@@ -195,9 +212,16 @@ def goal_for_step(step: int, steps: int, ratio: float | None, macs: float | None
 
 
 def choose(
-    graph: Graph, scores: np.ndarray, goal: Goal, global_ranking: bool, max_ratio: float, round_to: int
+    graph: Graph,
+    scores: np.ndarray,
+    goal: Goal,
+    global_ranking: bool,
+    max_ratio: float,
+    round_to: int,
+    comparable: bool = False,
 ) -> tuple[Selection, list[str]]:
-    """The channels to remove for ``goal`` (and notes on where a target landed); refuses an unreachable target."""
+    """The channels to remove for ``goal`` (and notes on where a target landed); refuses an unreachable target.
+    ``comparable`` scores (``recon``) are ranked globally per MAC rather than per group."""
     notes: list[str] = []
     if goal.units is not None:
         selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
@@ -206,7 +230,13 @@ def choose(
         if global_ranking:
             macs_goal = selection.macs / max(graph.trace.macs, 1)
             selection = search(
-                graph, scores, target=macs_goal, global_ranking=True, max_ratio=max_ratio, round_to=round_to
+                graph,
+                scores,
+                target=macs_goal,
+                global_ranking=True,
+                max_ratio=max_ratio,
+                round_to=round_to,
+                comparable=comparable,
             )
     else:
         selection = search(
@@ -217,6 +247,7 @@ def choose(
             global_ranking=global_ranking,
             max_ratio=max_ratio,
             round_to=round_to,
+            comparable=comparable,
         )
         base = graph.trace.macs if goal.metric == "macs" else sum(graph.trace.numels.values())
         got = (selection.macs if goal.metric == "macs" else selection.params) / max(base, 1)

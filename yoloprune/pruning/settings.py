@@ -42,7 +42,7 @@ class PruneSettings:
     normalize_layers: bool = field(default=False, metadata={"types": (bool,)})
     seed: int = field(default=0, metadata={"types": (int,)})
     ignore: tuple[str, ...] = field(default=(), metadata={"types": (list, tuple)})
-    global_ranking: bool = field(default=False, metadata={"types": (bool,)})
+    global_ranking: bool | None = field(default=None, metadata={"types": (bool, type(None))})
     max_ratio: float = field(default=0.8, metadata={"types": _number()})
     round_to: int = field(default=1, metadata={"types": (int,)})
     steps: int = field(default=1, metadata={"types": (int,)})

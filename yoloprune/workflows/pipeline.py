@@ -71,7 +71,9 @@ def prune(
     removal leaves after calibration; "l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
     ``data`` yaml, "random", or a callable ``(model, graph) -> scores``), combining a group's members with
     ``aggregate`` (``normalize_layers`` first divides each member by its mean); ``global_ranking`` compares
-    group-normalised scores across groups, each group losing at most ``max_ratio``. ``round_to`` keeps every pruned
+    channels across groups, each group losing at most ``max_ratio``: "recon" scores per MAC saved (the default with
+    ``calib``: fragile layers lose less), other scores normalised by their group's mean; False prunes every group by
+    the same fraction (the default without ``calib``). ``round_to`` keeps every pruned
     group's channel count a multiple of N. ``steps`` > 1 prunes toward the target in that many steps, calling
     ``between_steps(step, model)`` after each but the last (a short fine-tune); it may return False to stop early.
 

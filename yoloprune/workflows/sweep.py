@@ -101,7 +101,7 @@ def sweep(
     finetune_epochs: int = 0,
     kd_weight: float = 1.0,
     importance: str = "auto",
-    global_ranking: bool = False,
+    global_ranking: bool | None = None,
     round_to: int = 8,
     imgsz: int = 640,
     batch: int = 16,
