@@ -52,6 +52,10 @@ def test_finetune_keeps_the_pruned_network_and_writes_fp32(pair, data, tmp_path)
     assert sum(p.numel() for p in ckpt["model"].parameters()) == params
     rebuilt = yoloprune.load(result.best)  # the plan survived training
     assert sum(p.numel() for p in rebuilt.parameters()) == params
+    from yoloprune.adapters.ultralytics import GUARD
+
+    for path in (result.best, result.last):  # stock training of the fine-tuned files stops too
+        assert torch.load(path, weights_only=False)["model"].yaml["backbone"][0][2] == GUARD
 
 
 def test_finetune_hands_back_the_start_when_no_epoch_beats_it(pair, data, tmp_path, monkeypatch):

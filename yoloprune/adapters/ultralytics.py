@@ -105,6 +105,51 @@ TASK_MODELS = {
     "classify": "ClassificationModel",
 }
 UNSUPPORTED = ("World", "YOLOE", "RTDETR")
+GUARD = (
+    "yoloprune: this network is pruned, and training it from its yaml (YOLO(...).train, yolo train) would rebuild "
+    "the unpruned network; fine-tune it with `yoloprune finetune MODEL --data DATA` instead"
+)
+"""What a pruned network's first layer is named in the checkpoints yoloprune writes. Stock ultralytics loads, predicts,
+validates and exports the pickled network as it is, but its trainer rebuilds the network from ``model.yaml``: that
+stops there at once, with this sentence as the error, instead of silently training the unpruned network."""
+GUARD_KEY = "yoloprune_layer"  # in a guarded model.yaml: the first layer's real name
+
+
+def guarded(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` (a model.yaml dict) with the stock-trainer guard, when it carries a pruning plan."""
+    backbone = cfg.get("backbone")
+    if PLAN_KEY not in cfg or not backbone or backbone[0][2] == GUARD:
+        return cfg
+    first = list(backbone[0])
+    name, first[2] = first[2], GUARD
+    return {**cfg, "backbone": [first, *backbone[1:]], GUARD_KEY: name}
+
+
+def unguarded(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without the stock-trainer guard (the first layer's real name back)."""
+    backbone = cfg.get("backbone")
+    if not backbone or backbone[0][2] != GUARD:
+        return cfg
+    name = cfg.get(GUARD_KEY)
+    if not isinstance(name, str):
+        raise ValueError("a guarded model.yaml without its first layer's name")
+    first = list(backbone[0])
+    first[2] = name
+    return {**{k: v for k, v in cfg.items() if k != GUARD_KEY}, "backbone": [first, *backbone[1:]]}
+
+
+def unguard(net: nn.Module) -> nn.Module:
+    """``net`` with the guard taken off its ``yaml`` (in place), as yoloprune works on it."""
+    if isinstance(getattr(net, "yaml", None), dict):
+        net.yaml = unguarded(net.yaml)
+    return net
+
+
+def guard(net: nn.Module) -> nn.Module:
+    """``net`` with the guard put on its ``yaml`` (in place) when it is pruned, before it is written for others."""
+    if isinstance(getattr(net, "yaml", None), dict):
+        net.yaml = guarded(net.yaml)
+    return net
 
 
 def _check_supported(net: nn.Module) -> None:
@@ -119,7 +164,7 @@ def from_config(spec: str | dict) -> nn.Module:
     from ultralytics.nn import tasks
 
     if isinstance(spec, dict):
-        cfg = copy.deepcopy(spec)
+        cfg = copy.deepcopy(unguarded(spec))
     else:
         try:
             cfg = tasks.yaml_model_load(spec)
@@ -147,7 +192,7 @@ def load(spec: str) -> Loaded:
         kind = type(net).__name__ if net is not None else type(ckpt).__name__
         raise ValueError(f"{spec} is not an ultralytics checkpoint (its model is a {kind}); pass --family")
     _check_supported(net)
-    net = net.float()
+    net = unguard(net.float())
     meta = {"train_args": _plain_settings(ckpt.get("train_args"))}
     section = ckpt.get(PLAN_KEY)
     if isinstance(section, dict):
@@ -167,12 +212,14 @@ def _plain_settings(args: Any) -> dict[str, Any]:
 
 
 def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write an fp32 ultralytics checkpoint that stock ``YOLO(path)`` loads, plus yoloprune's section (plan,
+    """Write an fp32 ultralytics checkpoint that stock ``YOLO(path)`` loads (a pruned one guarded against stock
+    training, see ``GUARD``), plus yoloprune's section (plan,
     settings, the original config and a state_dict sharing the model's storage, so it costs no extra space)."""
     import ultralytics
 
-    net = copy.deepcopy(loaded.model).float().eval()
+    net = unguard(copy.deepcopy(loaded.model).float().eval())
     config = {k: v for k, v in (getattr(net, "yaml", None) or {}).items() if k != PLAN_KEY}
+    guard(net)
     ckpt = {
         "date": datetime.now().isoformat(),
         "version": ultralytics.__version__,

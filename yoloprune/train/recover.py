@@ -500,6 +500,8 @@ def save_atomic_json(path: Path, data: dict[str, Any]) -> None:
 
 def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
     """Rewrite a trainer checkpoint with its model in fp32 (the trainer saves fp16) and the pruning plan."""
+    from yoloprune.adapters.ultralytics import unguarded
+
     ckpt = load_checkpoint(path)
     net = ckpt.get("ema") or ckpt.get("model")
     if not isinstance(net, nn.Module):
@@ -515,7 +517,7 @@ def _to_fp32(path: Path, settings: dict[str, Any]) -> int:
             "family": "ultralytics",
             "finetune": settings,
             "plan": plan,
-            "config": {k: v for k, v in (net.yaml or {}).items() if k != "yoloprune"},
+            "config": {k: v for k, v in unguarded(net.yaml or {}).items() if k != "yoloprune"},
             "names": dict(getattr(net, "names", {}) or {}),
             "state_dict": net.state_dict(),
             "imgsz": int(ckpt.get("train_args", {}).get("imgsz", 640)),

@@ -31,6 +31,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from yoloprune.adapters.ultralytics import guard
 from yoloprune.data.datasets import DatasetError
 from yoloprune.train.kd import kd_loss
 from yoloprune.train.label_cache import label_cache_in
@@ -208,7 +209,7 @@ class PrunedDetectionTrainer(DetectionTrainer):
             )
         for p in weights.parameters():
             p.requires_grad_(True)
-        return weights
+        return guard(weights)  # every checkpoint this run writes stops stock training of the pruned network
 
     def optimizer_step(self) -> None:
         """With ``sparsity`` = lambda, add the subgradient of a sparsity penalty before the step: lambda * |gamma| of
