@@ -4,11 +4,12 @@ Starts from a trained ultralytics checkpoint (``--model``, e.g. a converged one 
 its data yaml, prunes a copy at every MACs target with every variant, and evaluates each on the validation split
 with pycocotools:
 
-- ``plain``: ``l2`` importance, pruned only;
+- ``plain``: ``l2`` importance, pruned only (``plain-l1``: ``l1``; any variant takes ``-CRITERION``);
 - ``bn``: ``l2``, then norm statistics re-estimated on the calibration images;
-- ``calib-l2``: ``l2``, then calibrated (``calib=DIR``: least-squares reconstruction, statistics when they help);
-- ``default``: what ``yoloprune prune --calib DIR`` does (``importance=auto``: reconstruction-aware ranking, then
-  calibration).
+- ``calib-l2``: ``l2`` (every group losing the same fraction), then calibrated (``calib=DIR``: least-squares
+  reconstruction, statistics when they help);
+- ``default``: what ``yoloprune prune --calib DIR`` does (``importance=auto``: channels ranked across layers by the
+  error their removal leaves after refitting, per MAC saved; then calibration).
 
 The calibration images are the first ``--calib-images`` training images (their labels are never read); evaluation
 uses the validation split, which no variant sees. With ``--finetune-epochs N`` the variants in ``--finetune`` are
@@ -40,40 +41,31 @@ def prune_variant(base, x, variant: str, target: float, calib_dir: Path, images:
     import yoloprune
     from yoloprune.pruning.calibrate import recalibrate_norms
 
+    kind, _, criterion = variant.partition("-")
     net = copy.deepcopy(base)
-    options = {"target_macs": target, "round_to": 8, "importance": "l2"}
-    if variant in ("calib-l2", "default"):
+    options = {"target_macs": target, "round_to": 8, "importance": criterion or ("auto" if kind == "default" else "l2")}
+    if kind in ("calib", "default"):
         options.update(calib=str(calib_dir), calib_images=images)
-    if variant == "default":
-        options["importance"] = "auto"
     start = time.perf_counter()
     report = yoloprune.prune(net, x, **options)
-    if variant == "bn":
+    if kind == "bn":
         recalibrate_norms(net, batches)
     return net, report, time.perf_counter() - start
 
 
-def finetune_row(net, teacher: Path, data: Path, out: Path, epochs: int, imgsz: int) -> dict:
+FINETUNE = {"mosaic": 0.0, "close_mosaic": 0, "warmup_epochs": 0, "verbose": False, "nbs": 16}
+"""ultralytics settings of the benchmark's fine-tunes (``--ft-set key=value`` changes them): no mosaic at 160 px, no
+warm-up (its bias learning rate of 0.1 undoes a calibrated start), a step every batch."""
+
+
+def finetune_row(net, teacher: Path, data: Path, out: Path, epochs: int, imgsz: int, settings: dict) -> dict:
     """Fine-tune ``net`` with distillation; validation mAP after epochs 1, 3 and the last, and of ``best.pt``."""
     from yoloprune.evaluate.coco import evaluate
     from yoloprune.train import finetune
 
     start = time.perf_counter()
     result = finetune(
-        net,
-        data,
-        epochs=epochs,
-        teacher=teacher,
-        imgsz=imgsz,
-        batch=16,
-        out=out,
-        overwrite=True,
-        workers=2,
-        mosaic=0.0,
-        close_mosaic=0,
-        warmup_epochs=0,
-        verbose=False,
-        nbs=16,
+        net, data, epochs=epochs, teacher=teacher, imgsz=imgsz, batch=16, out=out, overwrite=True, workers=2, **settings
     )
     rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader((out / "results.csv").open())]
     curve = [float(r["metrics/mAP50-95(B)"]) for r in rows]
@@ -98,7 +90,11 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--finetune", default="plain,default", help="variants to fine-tune")
     parser.add_argument("--finetune-targets", default="0.7,0.5")
+    parser.add_argument("--ft-set", action="append", default=[], metavar="KEY=VALUE", help="fine-tune setting")
     args = parser.parse_args()
+    import yaml
+
+    ft_settings = {**FINETUNE, **{k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.ft_set)}}
 
     import torch
 
@@ -133,7 +129,13 @@ def main() -> None:
             }
             if target_text in tuned and variant in args.finetune.split(","):
                 ft = finetune_row(
-                    net, Path(args.model), data, out / f"ft-{variant}-{target_text}", args.finetune_epochs, args.imgsz
+                    net,
+                    Path(args.model),
+                    data,
+                    out / f"ft-{variant}-{target_text}",
+                    args.finetune_epochs,
+                    args.imgsz,
+                    ft_settings,
                 )
                 row.update(ft, ft_kept=round(ft["ft_best_coco"] / unpruned, 3))
             rows.append(row)
