@@ -159,6 +159,37 @@ def trained(net: nn.Module) -> nn.Module:
     return set_requires_grad(copy.deepcopy(net).half(), False)
 
 
+V6_CLONE = {  # a YOLOv5 v6.x clone as far as unpickling goes: its models.yolo has Model and no DetectionModel
+    "models/__init__.py": "",
+    "models/common.py": "from yolov5.models.common import *  # noqa\n",
+    "models/yolo.py": "from yolov5.models.yolo import *  # noqa\nModel = DetectionModel\ndel DetectionModel\n",
+}
+
+
+def test_a_v6_checkpoint_keeps_its_class_names(tmp_path):
+    need("yolov5")
+    net = randomize(a5.from_config("yolov5n.yaml"))
+    src = tmp_path / "yolov5n.pt"  # as YOLOv5 v6.x wrote its official weights: models.yolo.Model
+    ckpt = {"epoch": -1, "best_fitness": None, "model": trained(net), "ema": None, "updates": None, "optimizer": None}
+    write_checkpoint(ckpt, src, "yolov5", bare=True, aliases={"yolov5.models.yolo.DetectionModel": "Model"})
+    assert ("models.yolo", "Model") in peek(src)[1]
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", str(src), "-o", str(out), *ARGS]) == 0
+    names = set(peek(out)[1])
+    assert ("models.yolo", "Model") in names and ("models.yolo", "DetectionModel") not in names
+    clone = tmp_path / "v6"
+    for name, text in V6_CLONE.items():
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text(text)
+    check = "import sys, torch; m = torch.load(sys.argv[1], weights_only=False)['model']; print(type(m).__name__)"
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", check, str(out)], cwd=clone, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "DetectionModel"  # the clone's Model (an alias here) loaded it
+    assert sum(p.numel() for p in yoloprune.load(out).parameters()) < sum(p.numel() for p in net.parameters())
+
+
 def test_yolov5_clone_checkpoint_round_trip(tmp_path):
     need("yolov5")
     net = randomize(a5.from_config("yolov5n.yaml"))

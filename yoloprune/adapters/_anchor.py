@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from yoloprune.adapters import CONFIG_SUFFIXES, Loaded, Target
-from yoloprune.adapters.checkpoint import names_dict, read_checkpoint, set_requires_grad, write_checkpoint
+from yoloprune.adapters.checkpoint import (
+    class_aliases,
+    names_dict,
+    read_checkpoint,
+    set_requires_grad,
+    write_checkpoint,
+)
 from yoloprune.adapters.config_check import ConfigError, check_anchor
 from yoloprune.adapters.detect import class_names, family_of
 from yoloprune.adapters.packages import _REPO, quiet, require, source
@@ -177,7 +183,7 @@ class AnchorFamily:
         for m in net.modules():  # checkpoints written by torch < 1.11
             if isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"):
                 m.recompute_scale_factor = None
-        meta: dict[str, Any] = {"half": half, "bare": bare}
+        meta: dict[str, Any] = {"half": half, "bare": bare, "aliases": class_aliases(spec)}
         section = ckpt.get("yoloprune")
         if isinstance(section, dict):
             meta["pruning"] = {k: section[k] for k in ("version", "settings", "report") if k in section}
@@ -215,7 +221,8 @@ class AnchorFamily:
                 "state_dict": net.state_dict(),
             },
         }
-        return write_checkpoint(ckpt, path, self.package, bool(meta.get("bare")) and not _REPO, overwrite)
+        bare = bool(meta.get("bare")) and not _REPO
+        return write_checkpoint(ckpt, path, self.package, bare, overwrite, meta.get("aliases"))
 
     def rebuild(self, section: dict[str, Any]) -> nn.Module:
         """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it,

@@ -60,18 +60,38 @@ def read_checkpoint(path: str | Path, package: str) -> tuple[Any, bool]:
     return data, bool(remapped)
 
 
-def _renaming(package: str) -> types.ModuleType:
-    """A ``pickle_module`` for ``torch.save`` that writes ``package.models.*``/``package.utils.*`` classes under the
-    bare names a repository clone uses (the pure-Python pickler, whose ``save_global`` can be overridden)."""
-    prefixes = tuple(f"{package}.{bare}" for bare in BARE)
+def class_aliases(path: str | Path) -> dict[str, str]:
+    """The classes a checkpoint names by an upstream alias rather than their own name (YOLOv5 v6 files name
+    ``models.yolo.Model``, which later code keeps as an alias of ``DetectionModel``): ``{module.RealName: Alias}``,
+    for the classes of modules already imported (the loader imported them to read the file)."""
+    import sys
+
+    aliases: dict[str, str] = {}
+    for qualified in checkpoint_globals(path) if Path(path).is_file() else ():
+        module, _, name = qualified.rpartition(".")
+        candidates = [module] + [f"{p}.{module}" for p in ("yolov5", "yolov7") if module.split(".")[0] in BARE]
+        for found in (sys.modules.get(m) for m in candidates):
+            obj = getattr(found, name, None) if found is not None else None
+            if isinstance(obj, type) and obj.__qualname__ != name:
+                aliases[f"{obj.__module__}.{obj.__qualname__}"] = name
+    return aliases
+
+
+def _renaming(package: str, bare: bool, aliases: dict[str, str]) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.save`` (the pure-Python pickler, whose ``save_global`` can be overridden) that
+    writes classes by the ``aliases`` the source file used and, with ``bare``, ``package.models.*``/
+    ``package.utils.*`` classes under the bare names a repository clone uses."""
+    prefixes = tuple(f"{package}.{b}" for b in BARE) if bare else ()
 
     class Pickler(pickle._Pickler):
         def save_global(self, obj: Any, name: str | None = None) -> None:
             module = getattr(obj, "__module__", None) or ""
-            if not any(module == p or module.startswith(p + ".") for p in prefixes):
+            alias = aliases.get(f"{module}.{getattr(obj, '__qualname__', '')}")
+            renamed = any(module == p or module.startswith(p + ".") for p in prefixes)
+            if alias is None and not renamed:
                 return super().save_global(obj, name)
-            module = module[len(package) + 1 :]
-            name = name or obj.__qualname__
+            module = module[len(package) + 1 :] if renamed else module
+            name = alias or name or obj.__qualname__
             if self.proto >= 4:
                 self.save(module)
                 self.save(name)
@@ -85,12 +105,15 @@ def _renaming(package: str) -> types.ModuleType:
     return mod
 
 
-def write_checkpoint(obj: Any, path: str | Path, package: str, bare: bool, overwrite: bool = False) -> Path:
+def write_checkpoint(
+    obj: Any, path: str | Path, package: str, bare: bool, overwrite: bool = False, aliases: dict[str, str] | None = None
+) -> Path:
     """``torch.save`` through an atomic write (replacing ``path`` only with ``overwrite``); with ``bare``, the
-    package's classes are named as in a clone."""
-    if not bare:
+    package's classes are named as in a clone, and classes in ``aliases`` by the name the source file used."""
+    if not bare and not aliases:
         return write_atomic(path, lambda f: torch.save(obj, f), overwrite)
-    return write_atomic(path, lambda f: torch.save(obj, f, pickle_module=_renaming(package)), overwrite)
+    module = _renaming(package, bare, aliases or {})
+    return write_atomic(path, lambda f: torch.save(obj, f, pickle_module=module), overwrite)
 
 
 def set_requires_grad(net: nn.Module, flag: bool) -> nn.Module:
