@@ -407,8 +407,8 @@ def _replace(argv: list[str], flag: str, value: str | None) -> list[str]:
     [
         (lambda a, m, o: _replace(a, "--imgsz", "64"), "imgsz 32 there, 64 here"),
         (lambda a, m, o: [str(o) if x == m else x for x in a], "model 'yolov8n.yaml' there, 'sha256:"),
-        (lambda a, m, o: _replace(a, "--importance", "bn"), "importance 'l2' there, 'bn' here"),
-        (lambda a, m, o: _replace(a, "--global", None), "global_ranking False there, True here"),
+        (lambda a, m, o: _replace(a, "--importance", "bn"), "importance 'auto' there, 'bn' here"),
+        (lambda a, m, o: _replace(a, "--global", None), "global_ranking None there, True here"),
         (lambda a, m, o: _replace(a, "--round-to", "1"), "round_to 8 there, 1 here"),
         (lambda a, m, o: _replace(a, "--threads", "2"), "threads 1 there, 2 here"),
         (lambda a, m, o: _replace(a, "--finetune-epochs", "1"), "finetune None there, {'epochs': 1,"),

@@ -212,14 +212,17 @@ def _plain_settings(args: Any) -> dict[str, Any]:
 
 
 def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write an fp32 ultralytics checkpoint that stock ``YOLO(path)`` loads (a pruned one guarded against stock
-    training, see ``GUARD``), plus yoloprune's section (plan,
+    """Write an ultralytics checkpoint that stock ``YOLO(path)`` loads: fp16 as ``yolo train`` leaves its weights
+    (fp32 with ``loaded.meta["half"]`` False, for training to continue from), a pruned one guarded against stock
+    training (``GUARD``), plus yoloprune's section (plan,
     settings, the original config and a state_dict sharing the model's storage, so it costs no extra space)."""
     import ultralytics
 
     net = unguard(copy.deepcopy(loaded.model).float().eval())
     config = {k: v for k, v in (getattr(net, "yaml", None) or {}).items() if k != PLAN_KEY}
     guard(net)
+    if loaded.meta.get("half", True):
+        net = net.half()
     ckpt = {
         "date": datetime.now().isoformat(),
         "version": ultralytics.__version__,

@@ -271,7 +271,7 @@ def _finetune_ultralytics(
             "sparsity": sparsity,
             "sparsity_kind": sparsity_kind,
             "args": args,
-            "start_fitness": start_fitness(args["model"], args),
+            "start_fitness": start_fitness(args["model"], args, out),
         }
         save_atomic_json(out / SETTINGS_FILE, settings)
         saved = settings

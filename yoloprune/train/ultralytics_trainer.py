@@ -115,19 +115,23 @@ def load_teacher(teacher: nn.Module | str | Path, device: torch.device) -> nn.Mo
     return net
 
 
-def start_fitness(model: str | Path, args: dict[str, Any]) -> float:
+def start_fitness(model: str | Path, args: dict[str, Any], folder: Path) -> float | None:
     """ultralytics' validation fitness (what picks ``best.pt``) of the checkpoint a fine-tune starts from, on the
-    run's data, image size and batch: a fine-tune keeps its start when no epoch beats it."""
+    run's data, image size and batch (label caches kept in the run ``folder``): a fine-tune keeps its start when no
+    epoch beats it. None when the run does not validate (``val=False``)."""
     import copy
 
     from ultralytics.models.yolo.detect import DetectionValidator
 
+    if str(args.get("val", True)).lower() == "false":
+        return None
     net, _ = read_checkpoint(model)
     keys = ("data", "imgsz", "batch", "device", "workers", "split")
     validator = DetectionValidator(
         args={**{k: args[k] for k in keys if k in args}, "plots": False, "verbose": False, "save_json": False}
     )
-    stats = validator(model=copy.deepcopy(net))  # the validator fuses what it is given
+    with label_cache_in(folder):
+        stats = validator(model=copy.deepcopy(net))  # the validator fuses what it is given
     return float(stats.get("fitness", 0.0))
 
 
@@ -135,7 +139,8 @@ def write_checkpoint(net: nn.Module, path: Path) -> Path:
     """``net`` written as an ultralytics checkpoint the trainer (or stock ``YOLO``) loads."""
     from yoloprune.adapters import Loaded, adapter
 
-    return adapter("ultralytics").save(Loaded(net, "ultralytics", "memory", {"train_args": {}}), path, {}, True)
+    loaded = Loaded(net, "ultralytics", "memory", {"train_args": {}, "half": False})  # training continues from it
+    return adapter("ultralytics").save(loaded, path, {}, True)
 
 
 class PrunedDetectionTrainer(DetectionTrainer):
