@@ -52,3 +52,36 @@ def test_python_dash_m_runs_the_same_cli():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["summary"]["prunable_groups"] > 40
+
+
+def test_key_value_settings_work_as_in_yolo_train(monkeypatch, tmp_path, capsys):
+    import yoloprune.train
+    from yoloprune.train.recover import FinetuneResult
+
+    seen = {}
+
+    def fake_finetune(model, data, **kwargs):
+        seen.update(kwargs)
+        return FinetuneResult(tmp_path / "b.pt", tmp_path / "l.pt", 1, 0.0, 0.0, 1, {})
+
+    monkeypatch.setattr(yoloprune.train, "finetune", fake_finetune)
+    argv = ["finetune", "m.pt", "--data", "d.yaml", "-o", str(tmp_path / "o"), "epochs=3", "imgsz=96", "mosaic=0"]
+    assert main([*argv, "--batch", "4", "optimizer=SGD", "device=0"]) == 0
+    assert (seen["epochs"], seen["imgsz"], seen["batch"], seen["device"]) == (3, 96, 4, "0")
+    assert seen["mosaic"] == 0 and seen["optimizer"] == "SGD" and "train_set" not in seen
+    capsys.readouterr()
+    assert main([*argv, "epochs=many"]) == 2
+    assert capsys.readouterr().err.strip() == "yoloprune finetune: error: epochs=many: epochs takes int"
+    assert main([*argv, "stray"]) == 2
+    assert "error: unrecognized arguments: stray" in capsys.readouterr().err
+    assert main(["prune", "m.pt", "-o", "x.pt", "epochs=3"]) == 2  # prune takes no trainer settings
+    assert "unrecognized arguments: epochs=3" in capsys.readouterr().err
+
+
+def test_run_takes_key_value_overrides_as_set():
+    from yoloprune.cli import _take_overrides, build_parser
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(["run", "r.yaml", "--set", "prune.ratio=0.2", "finetune.epochs=3"])
+    _take_overrides(parser, args, extra)
+    assert args.set == ["prune.ratio=0.2", "finetune.epochs=3"]

@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -194,6 +195,11 @@ def _finetune(args: argparse.Namespace) -> int:
     if not args.resume and args.model is None:
         raise ValueError("give MODEL (or --resume to continue the run in -o)")
     settings = _settings(args.train_set)
+    for key in FLAGGED.keys() & settings.keys():  # epochs=3 as yolo train takes it: the same as --epochs 3
+        value = settings.pop(key)
+        if isinstance(value, bool) or not isinstance(value, FLAGGED[key]):
+            raise ValueError(f"{key}={value}: {key} takes {' or '.join(t.__name__ for t in FLAGGED[key])}")
+        setattr(args, key, str(value) if key == "device" else value)
     with folder_lock(args.output):
         result = finetune(
             args.model,
@@ -565,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any ultralytics trainer setting (mosaic=0, nbs=16, optimizer=SGD, ...)",
+        help="any ultralytics trainer setting (mosaic=0, nbs=16, optimizer=SGD, ...); bare KEY=VALUE words after the "
+        "arguments work too, as in yolo train (epochs=3 is --epochs 3)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_finetune)
@@ -619,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="ultralytics trainer setting for the fine-tunes (mosaic=0, nbs=16, ...)",
+        help="ultralytics trainer setting for the fine-tunes (mosaic=0, nbs=16, ...); bare KEY=VALUE words too",
     )
     p.set_defaults(func=_sweep)
 
@@ -665,7 +672,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     returns 130 (outputs are written atomically, so an interrupted command leaves nothing half-written). Nothing is
     downloaded: ``YOLO_OFFLINE=1`` is set for ultralytics unless the environment says otherwise."""
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        _take_overrides(parser, args, extra)
     except SystemExit as exc:  # usage errors (one line, status 2), --help, --version
         return int(exc.code or 0)
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -685,6 +694,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _failed(args, f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
         return 2
+
+
+OVERRIDES = {"finetune": "train_set", "sweep": "train_set", "run": "set"}
+"""Commands that take ultralytics-style ``key=value`` words after their arguments, and the option they extend."""
+FLAGGED = {
+    "epochs": (int,),
+    "imgsz": (int,),
+    "batch": (int,),
+    "device": (str, int),
+    "lr0": (float, int),
+    "workers": (int,),
+}
+"""finetune settings that have flags of their own, and the types they take as ``key=value``."""
+ASSIGNMENT = re.compile(r"[A-Za-z_][\w.]*=.*", re.S)
+
+
+def _take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """``yoloprune finetune M --data D epochs=3 lr0=0.001`` as ``yolo train`` takes settings: bare ``key=value``
+    words join ``--train-set`` (``--set`` for ``run``); anything else left over is an error, as argparse says it."""
+    dest = OVERRIDES.get(getattr(args, "command", ""))
+    unknown = [word for word in extra if dest is None or not ASSIGNMENT.fullmatch(word)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        setattr(args, dest, [*getattr(args, dest), *extra])
 
 
 def _dispatch(args: argparse.Namespace) -> int:
