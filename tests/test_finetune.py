@@ -62,8 +62,19 @@ def test_finetune_hands_back_the_start_when_no_epoch_beats_it(pair, data, tmp_pa
     from yoloprune.train import ultralytics_trainer
 
     _teacher, pruned, _params = pair
-    monkeypatch.setattr(ultralytics_trainer, "start_fitness", lambda *a, **k: 2.0)  # above any real fitness
+    real = ultralytics_trainer.start_fitness
+    scores = []
+    monkeypatch.setattr(  # above any real fitness, and the real validation run too
+        ultralytics_trainer, "start_fitness", lambda *a, **k: scores.append(real(*a, **k)) or 2.0
+    )
+    import ultralytics.cfg
+
+    monkeypatch.chdir(tmp_path)  # where ultralytics puts what it is not told where to put
+    monkeypatch.setattr(ultralytics.cfg, "SETTINGS", {**ultralytics.cfg.SETTINGS, "runs_dir": str(tmp_path / "ul")})
+    monkeypatch.setattr(ultralytics.cfg, "TESTS_RUNNING", False)
     result = finetune(pruned, data, epochs=1, out=tmp_path / "run", **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the start's validation wrote nothing outside
+    assert len(scores) == 1 and 0.0 <= scores[0] <= 1.0
     start = yoloprune.load(pruned).state_dict()
     best = yoloprune.load(result.best).state_dict()
     assert all(torch.equal(v.float(), start[k].float()) for k, v in best.items())

@@ -128,7 +128,8 @@ def start_fitness(model: str | Path, args: dict[str, Any], folder: Path) -> floa
     net, _ = read_checkpoint(model)
     keys = ("data", "imgsz", "batch", "device", "workers", "split")
     validator = DetectionValidator(
-        args={**{k: args[k] for k in keys if k in args}, "plots": False, "verbose": False, "save_json": False}
+        save_dir=Path(folder),  # not ultralytics' runs/detect/... under the working directory
+        args={**{k: args[k] for k in keys if k in args}, "plots": False, "verbose": False, "save_json": False},
     )
     with label_cache_in(folder):
         stats = validator(model=copy.deepcopy(net))  # the validator fuses what it is given
