@@ -152,6 +152,10 @@ CASES = {
         ["finetune", "{root}/good.pt", "--data", "{data}", "--train-set", "project=/tmp", "-o", "{out}"],
         "--train-set project: yoloprune sets it itself",
     ),
+    "distill_model (read unrestricted by ultralytics)": (
+        ["finetune", "{root}/good.pt", "--data", "{data}", "distill_model={root}/good.pt", "-o", "{out}"],
+        "--train-set distill_model: ultralytics would read that checkpoint unrestricted; pass the teacher with",
+    ),
     "sweep --train-set bogus=1": (
         ["sweep", "{root}/good.pt", "--data", "{data}", "--train-set", "mosaik=0", "-o", "{out}"],
         "--train-set mosaik: ultralytics' trainer has no such setting; did you mean mosaic?",

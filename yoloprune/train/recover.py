@@ -81,6 +81,11 @@ def check_overrides(overrides: dict[str, Any]) -> None:
     from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
     for key in overrides:
+        if key == "distill_model":  # ultralytics' feature distillation unpickles that file with its own loader
+            raise ValueError(
+                "--train-set distill_model: ultralytics would read that checkpoint unrestricted; pass the teacher "
+                "with --teacher (read through yoloprune's loader)"
+            )
         if key in OWN_SETTINGS:
             raise ValueError(f"--train-set {key}: yoloprune sets it itself (use MODEL, --data, -o or --resume)")
         if key not in DEFAULT_CFG_DICT:
