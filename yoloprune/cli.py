@@ -430,6 +430,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _ranking_options(p: argparse.ArgumentParser) -> None:
+    """Which channels go: ``--importance`` and ``--global``/``--uniform`` (prune and sweep)."""
+    p.add_argument(
+        "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
+    )
+    ranking = p.add_mutually_exclusive_group()
+    ranking.add_argument(
+        "--global",
+        dest="global_ranking",
+        action="store_true",
+        default=None,
+        help="rank channels across groups (default with --calib: per MAC, by recon error)",
+    )
+    ranking.add_argument(
+        "--uniform", dest="global_ranking", action="store_false", help="every group loses the same fraction"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="yoloprune", description="Prune YOLO detectors physically and exactly.")
     parser.add_argument("--version", action="version", version=f"yoloprune {__version__}")
@@ -475,21 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnxruntime CPU ms on this machine",
     )
     how.add_argument("--ratios-from", metavar="DIR", help="per-stage ratios from `yoloprune sensitivity`")
-    p.add_argument(
-        "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
-    )
+    _ranking_options(p)
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES, help="combine a group's layers (mean)")
-    ranking = p.add_mutually_exclusive_group()
-    ranking.add_argument(
-        "--global",
-        dest="global_ranking",
-        action="store_true",
-        default=None,
-        help="rank channels across groups (default with --calib: per MAC, by recon error)",
-    )
-    ranking.add_argument(
-        "--uniform", dest="global_ranking", action="store_false", help="every group loses the same fraction"
-    )
     p.add_argument("--max-ratio", type=float, default=0.8, help="most any group may lose with --global (0.8)")
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8; 1 disables)")
     p.add_argument("--steps", type=int, default=1, help="reach the target in this many steps (1)")
@@ -601,20 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DIR", help="unlabelled images to calibrate every pruned point on")
     p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images to use (64)")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation weight when fine-tuning (1.0)")
-    p.add_argument(
-        "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
-    )
-    ranking = p.add_mutually_exclusive_group()
-    ranking.add_argument(
-        "--global",
-        dest="global_ranking",
-        action="store_true",
-        default=None,
-        help="rank channels across groups (default with --calib: per MAC, by recon error)",
-    )
-    ranking.add_argument(
-        "--uniform", dest="global_ranking", action="store_false", help="every group loses the same fraction"
-    )
+    _ranking_options(p)
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8)")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="size for evaluation, export and latency (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")

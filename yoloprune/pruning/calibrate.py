@@ -141,15 +141,21 @@ def _inputs(model: nn.Module, name: str, batches: Sequence[torch.Tensor], count:
     return got
 
 
-def _outputs(model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor], count: int, seed: int) -> dict:
-    """Per module of ``names`` and per batch, the sampled output rows at its first call: one pass per batch."""
-    got: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+OnCall = Callable[[str, int, nn.Module, tuple, torch.Tensor], None]
+
+
+def first_calls(model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor], on_call: OnCall) -> None:
+    """Run ``model`` on every batch (no gradients) and call ``on_call(name, batch_index, module, args, output)`` at the
+    first call of each module of ``names`` in each pass (a module called twice in one forward is refitted for its
+    first call)."""
+    seen: set[tuple[str, int]] = set()
     index = [0]
 
     def hook_for(name: str) -> Callable:
-        def hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-            if len(got[name]) <= index[0]:
-                got[name].append(_targets(out.float(), sample_positions(out.shape, count, seed + index[0])))
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if (name, index[0]) not in seen:
+                seen.add((name, index[0]))
+                on_call(name, index[0], module, args, out)
 
         return hook
 
@@ -162,6 +168,16 @@ def _outputs(model: nn.Module, names: Sequence[str], batches: Sequence[torch.Ten
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _outputs(model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor], count: int, seed: int) -> dict:
+    """Per module of ``names`` and per batch, the sampled output rows at its first call: one pass per batch."""
+    got: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+
+    def keep(name: str, i: int, _m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        got[name].append(_targets(out.float(), sample_positions(out.shape, count, seed + i)))
+
+    first_calls(model, names, batches, keep)
     return got
 
 

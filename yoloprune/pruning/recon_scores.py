@@ -11,14 +11,14 @@ their weight norms say.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from yoloprune.graph import Graph
-from yoloprune.pruning.calibrate import patches, refittable, sample_positions
+from yoloprune.pruning.calibrate import first_calls, patches, refittable, sample_positions
 
 DAMPING = 0.01
 """Added to the diagonal of each input second-moment matrix, relative to its mean diagonal."""
@@ -30,33 +30,18 @@ def input_moments(
     """For each dense convolution of ``names``, the second-moment matrix of its input patches (in the weight's
     column order, plus a constant last column) over sampled output positions of ``batches``, in one pass per batch."""
     sums: dict[str, torch.Tensor] = {}
-    done: dict[str, int] = {}
     count = max(1, samples // max(len(batches), 1))
-    index = [0]
 
-    def hook_for(name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            if done.get(name, 0) > index[0]:
-                return  # a layer called twice in one forward: its first call is the one refitted
-            where = sample_positions(out.shape, count, seed + index[0])
-            rows = patches(module, args[0].detach().float(), out.shape, where)
-            rows = torch.cat([rows, torch.ones(rows.shape[0], 1)], 1)
-            sums[name] = sums[name] + rows.T @ rows if name in sums else rows.T @ rows
-            done[name] = index[0] + 1
+    def accumulate(name: str, i: int, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        rows = patches(module, args[0].detach().float(), out.shape, sample_positions(out.shape, count, seed + i))
+        rows = torch.cat([rows, torch.ones(rows.shape[0], 1)], 1)
+        sums[name] = sums[name] + rows.T @ rows if name in sums else rows.T @ rows
 
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
     training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for i, batch in enumerate(batches):
-                index[0] = i
-                model(batch)
+        first_calls(model, names, batches, accumulate)
     finally:
-        for h in handles:
-            h.remove()
         model.train(training)
     return sums
 
