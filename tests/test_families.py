@@ -53,16 +53,19 @@ def need(family: str):
 
 
 def outputs(net: nn.Module, x: torch.Tensor = X) -> torch.Tensor:
-    """The decoded predictions of an eval forward, whatever the family."""
+    """The decoded predictions of an eval forward, whatever the family (segmentation models' protos left out)."""
     with torch.no_grad():
         out = resolve(net).outputs
         result = net.eval()(x)
-        return (out(result) if out else result).float()
+        result = out(result) if out else result
+        return (result[0] if isinstance(result, tuple) else result).float()
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> bool:
     a, b = a.detach(), b.detach()
-    return a.shape == b.shape and float((a - b).abs().max()) <= rel * float(b.abs().max())
+    if a.shape != b.shape or a.numel() == 0:
+        return a.shape == b.shape
+    return float((a - b).abs().max()) <= rel * float(b.abs().max())
 
 
 # ------------------------------------------------------------------------------------- exactness and ONNX export
@@ -361,3 +364,58 @@ def test_missing_package_names_the_extra(family, spec, extra, monkeypatch, capsy
     err = capsys.readouterr().err.strip()
     assert f"pip install 'yoloprune[{extra}]'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- new class lists
+TRANSFERS = [
+    ("ultralytics", "yolov8n.yaml"),
+    ("ultralytics", "yolo26n.yaml"),  # one-to-one and one-to-many class branches
+    ("ultralytics", "yolov8n-seg.yaml"),
+    ("yolov5", "yolov5n.yaml"),
+    ("yolov5", "yolov5n-seg.yaml"),  # mask coefficients after the class scores
+    ("yolov7", str(V7_TINY)),  # implicit layers on the output rows
+    ("yolox", "yolox-nano"),
+]
+
+
+@pytest.mark.parametrize(("family", "spec"), TRANSFERS, ids=[Path(c[1]).stem for c in TRANSFERS])
+def test_a_new_class_list_keeps_every_other_output_and_survives_rebuilding(family, spec, tmp_path):
+    """80 classes -> 2 on a pruned network: boxes, objectness and mask coefficients are computed exactly as before,
+    the class outputs follow the new count, and ``yoloprune.load`` rebuilds the same network from the file."""
+    from yoloprune.adapters import Loaded, adapter, save_model
+
+    if family != "ultralytics":
+        need(family)
+    fam = adapter(family)
+    net = randomize(fam.from_config(spec)).eval()
+    yoloprune.prune(net, X, ratio=0.3, round_to=1)
+    before = outputs(net)
+    fam.set_classes(net, 2, ["cat", "dog"])
+    after = outputs(net)
+    assert fam.classes(net) == 2
+    assert fam.nms_layout(net)[1] == 2
+    if family == "ultralytics":  # (B, 4 + nc [+ masks], N): rows 0-3 boxes, then classes, then mask coefficients
+        assert after.shape[1] == before.shape[1] - 78
+        assert close(after[:, :4], before[:, :4], 1e-6) and close(after[:, 6:], before[:, 84:], 1e-6)
+    else:  # (B, N, 5 + nc [+ masks]): boxes and objectness, then classes, then mask coefficients
+        assert after.shape[-1] == before.shape[-1] - 78
+        assert close(after[..., :5], before[..., :5], 1e-6) and close(after[..., 7:], before[..., 85:], 1e-6)
+    path = save_model(
+        Loaded(net, family, spec, {"half": False, "train_args": {}}),
+        tmp_path / "m.pt",
+        {
+            "plan": resolve(net).history,
+            "imgsz": 64,
+        },
+    )
+    rebuilt = yoloprune.load(path)
+    assert fam.classes(rebuilt) == 2 and close(outputs(rebuilt), after, 1e-5)
+    assert fam.export_metadata(rebuilt, 64)["names"] == {0: "cat", 1: "dog"}
+
+
+def test_a_class_count_from_a_file_is_checked():
+    from yoloprune.adapters.heads import replayer
+
+    for bad in (0, -1, 10**9, True, "2", 2.0):
+        with pytest.raises(ValueError, match="class count"):
+            replayer({"removed": {}, "sizes": {}, "classes": bad}, lambda net, nc: None)

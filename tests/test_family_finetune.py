@@ -125,3 +125,31 @@ def test_a_family_finetune_hands_back_the_best_model_the_start_included(data, tm
     assert json.loads((tmp_path / "ft" / "weights" / "scores.json").read_text()) == {"0": 0.3, "1": 0.1, "2": 0.2}
     shown = capsys.readouterr().out
     assert "start: val mAP50-95 0.3000" in shown and "epoch 2/2: loss " in shown
+
+
+def test_a_yolov5_model_of_another_class_list_learns_the_datas_classes(data, tmp_path, capsys):
+    """80 classes -> the data's 3 in yoloprune's loop, distilling from the 80-class original: only the output
+    convolutions change shape, and the result evaluates on the data with its names."""
+    pytest.importorskip("yolov5")
+    from yoloprune.adapters import Loaded, load_model, save_model
+    from yoloprune.adapters.yolov5 import from_config
+    from yoloprune.data.datasets import load_detection_set
+    from yoloprune.evaluate.coco import evaluate
+
+    coco = randomize(from_config("yolov5n.yaml"))
+    teacher = save_model(Loaded(coco, "yolov5", "t", {"half": False}), tmp_path / "coco.pt", {})
+    pruned = copy.deepcopy(coco)
+    yoloprune.prune(pruned, X, target_macs=0.6)
+    path = save_model(Loaded(pruned, "yolov5", "p", {"half": False}), tmp_path / "p.pt", {})
+    result = finetune(path, data, teacher=teacher, epochs=1, imgsz=64, batch=4, out=tmp_path / "ft", workers=0)
+    assert "the model predicts 80 classes, the dataset has 3" in capsys.readouterr().out
+    net = load_model(str(result.best)).model
+    names = load_detection_set(data, "train").names
+    assert net.model[-1].nc == 3 and net.names == [names[i] for i in sorted(names)]
+    shapes, before = {k: v.shape for k, v in net.state_dict().items()}, pruned.state_dict()
+    assert {k for k, v in before.items() if shapes[k] != v.shape} == {
+        f"model.24.m.{i}.{w}" for i in range(3) for w in ("weight", "bias")
+    }
+    assert evaluate(result.best, data, imgsz=64, batch=4).images == 4
+    rebuilt = yoloprune.load(result.best)
+    assert rebuilt.model[-1].nc == 3

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from helpers import randomize
 
 import yoloprune
@@ -101,13 +104,29 @@ def test_interrupted_run_resumes(pair, data, tmp_path):
     assert result.epochs == 2 and result.params == params
 
 
-def test_class_count_mismatch_is_caught_before_training(data, tmp_path):
+def test_a_model_of_another_class_list_learns_the_datas_classes(data, tmp_path, capsys):
+    """An 80-class model pruned, then fine-tuned with its unpruned self as teacher on 3-class data: the head gets
+    the data's classes (fresh class layers, everything else kept), the file rebuilds and evaluates on the data."""
     from yoloprune.adapters import Loaded
     from yoloprune.adapters.ultralytics import save
+    from yoloprune.data.datasets import load_detection_set
+    from yoloprune.evaluate.coco import evaluate
 
-    path = save(Loaded(from_config("yolov8n.yaml"), "ultralytics", "x", {"train_args": {}}), tmp_path / "m.pt", {})
-    with pytest.raises(DatasetError, match="class count mismatch"):
-        finetune(path, data, epochs=1, out=tmp_path / "bad", **FAST)
+    coco = randomize(from_config("yolov8n.yaml"))
+    teacher = save(Loaded(coco, "ultralytics", "t", {"train_args": {}}), tmp_path / "coco.pt", {})
+    pruned = copy.deepcopy(coco)
+    yoloprune.prune(pruned, X, target_macs=0.5)
+    path = save(
+        Loaded(pruned, "ultralytics", "p", {"train_args": {}}), tmp_path / "p.pt", {"plan": pruned.yaml["yoloprune"]}
+    )
+    result = finetune(path, data, teacher=teacher, epochs=1, out=tmp_path / "run", **FAST)
+    assert "the model predicts 80 classes, the dataset has 3" in capsys.readouterr().out
+    net = yoloprune.load(result.best)
+    assert net.model[-1].nc == 3 and net.names == load_detection_set(data, "train").names
+    shapes, before = {k: v.shape for k, v in net.state_dict().items()}, pruned.state_dict()
+    changed = {k for k, v in before.items() if shapes[k] != v.shape}
+    assert changed == {f"model.22.cv3.{i}.2.{w}" for i in range(3) for w in ("weight", "bias")}
+    assert evaluate(result.best, data, imgsz=64, batch=4).images == 4
     with pytest.raises(DatasetError, match="no such dataset"):
         finetune(path, tmp_path / "missing.yaml", epochs=1, out=tmp_path / "bad2")
 
@@ -305,3 +324,24 @@ def test_taylor_leaves_the_model_unchanged(pair, data):
     scores = channel_scores(net, graph, "taylor", taylor_loss=detection_loss(labelled_batches(data, 64, 4, 2)))
     assert scores.max() > 0 and not net.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_teacher_with_other_classes_teaches_boxes_only():
+    """Each distillation loss, given a teacher of 80 classes and a student of 3, equals the same loss computed on
+    the box (and objectness) terms alone, whatever the class outputs hold."""
+    from yoloprune.train.kd import anchor_kd, decoded_kd, head_kd
+
+    g = torch.Generator().manual_seed(0)
+    boxes_s, boxes_t = torch.randn(2, 64, 10, generator=g), torch.randn(2, 64, 10, generator=g)
+    student = {"boxes": boxes_s, "scores": torch.randn(2, 3, 10, generator=g)}
+    teacher = {"boxes": boxes_t, "scores": torch.randn(2, 80, 10, generator=g)}
+    zeros = torch.zeros(2, 1, 10)  # equal class logits: their term is exactly log 2
+    box_only = head_kd({**student, "scores": zeros}, {**teacher, "scores": zeros}) - math.log(2)
+    assert torch.allclose(head_kd(student, teacher), box_only)
+    s_maps, t_maps = [torch.randn(2, 3, 4, 4, 8, generator=g)], [torch.randn(2, 3, 4, 4, 85, generator=g)]
+    assert torch.allclose(anchor_kd(s_maps, t_maps), anchor_kd([s_maps[0][..., :5]], [t_maps[0][..., :5]]))
+    s_dec, t_dec = torch.rand(2, 10, 8, generator=g), torch.rand(2, 10, 85, generator=g)
+    weight_same = t_dec[..., 4:].max(-1, keepdim=True).values
+    box = ((s_dec[..., :4] - t_dec[..., :4]).abs() / 64 * weight_same).sum() / weight_same.sum()
+    obj = F.binary_cross_entropy(s_dec[..., 4:5], t_dec[..., 4:5])
+    assert torch.allclose(decoded_kd(s_dec, t_dec, "xywh-obj-class", 3, 64, teacher_nc=80), box + obj)

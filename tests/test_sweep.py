@@ -78,6 +78,23 @@ def test_sweep_with_finetuning(setup, tmp_path):
     assert torch.load(points[1].checkpoint, weights_only=False)["yoloprune"]["finetune"]["teacher"]
 
 
+def test_a_sweep_on_other_classes_fine_tunes_every_point(setup, tmp_path):
+    """An 80-class model on 3-class data: refused without fine-tuning; with it, the unpruned reference learns the
+    data's classes with the same budget as the pruned point, and both are evaluated on the data."""
+    data, _ = setup
+    coco = save(
+        Loaded(randomize(from_config("yolov8n.yaml")), "ultralytics", "x", {"train_args": {}}), tmp_path / "c.pt", {}
+    )
+    with pytest.raises(ValueError, match=r"the model predicts 80 classes, .* has 3: a sweep on other classes"):
+        sweep_module.sweep(coco, data, tmp_path / "none", [0.5], imgsz=64, runs=1)
+    args = {"workers": 0, "mosaic": 0.0, "warmup_epochs": 0}
+    points = sweep_module.sweep(
+        coco, data, tmp_path / "t", [0.5], finetune_epochs=1, imgsz=64, batch=4, runs=1, finetune_args=args
+    )
+    assert [Path(p.checkpoint).parts[-4:-2] for p in points] == [("finetune", "1.000"), ("finetune", "0.500")]
+    assert all(p.map50_95 is not None for p in points)
+
+
 def test_bad_targets(setup, tmp_path, capsys):
     data, checkpoint = setup
     assert main(["sweep", str(checkpoint), "--data", str(data), "-o", str(tmp_path / "x"), "--targets", "1.5"]) == 2

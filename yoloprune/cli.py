@@ -549,9 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("finetune", help="recover accuracy: train the pruned network as it is, optionally with KD")
-    p.add_argument("model", nargs="?", help="pruned checkpoint (or any ultralytics checkpoint)")
+    p.add_argument("model", nargs="?", help="pruned checkpoint (or any checkpoint of a supported family)")
     p.add_argument(
-        "--data", required=True, help="data yaml (YOLO labels), or a folder of images to distil on (needs --teacher)"
+        "--data",
+        required=True,
+        help="data yaml (YOLO labels; another class list gives the head the data's classes), or a folder of images "
+        "to distil on (needs --teacher)",
     )
     p.add_argument("-o", "--output", default="runs/finetune", metavar="DIR", help="run folder (runs/finetune)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (10)")

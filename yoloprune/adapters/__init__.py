@@ -12,7 +12,7 @@ To add a family: write ``adapters/<family>.py`` implementing every member of ``A
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -88,6 +88,14 @@ class Adapter(Protocol):
     def nms_layout(self, net: nn.Module) -> tuple[str, int]:
         """How export-mode predictions are laid out (``xywh-class``, ``xywh-obj-class``, ``end2end``) and nc."""
 
+    def classes(self, net: nn.Module) -> int:
+        """How many classes the head predicts."""
+
+    def set_classes(self, net: nn.Module, nc: int, names: Sequence[str] | None = None) -> None:
+        """Give the head ``nc`` fresh class outputs (named ``names``), started as the family's trainer starts them,
+        keeping every other output row (boxes, objectness, masks) and the body; the count is recorded in the plan.
+        Only the names change when the head already has ``nc``."""
+
     def train_loss(self, net: nn.Module, imgsz: int) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         """The family's detection loss for yoloprune's own training loop (refused where the family trains with
         its own trainer)."""
@@ -144,6 +152,14 @@ class _Generic:
     @classmethod
     def nms_layout(cls, net: nn.Module) -> tuple[str, int]:
         raise cls._no_family("an output layout (NMS, evaluation)")
+
+    @classmethod
+    def classes(cls, net: nn.Module) -> int:
+        raise cls._no_family("a class count")
+
+    @classmethod
+    def set_classes(cls, net: nn.Module, nc: int, names: Sequence[str] | None = None) -> None:
+        raise cls._no_family("a new class list")
 
     @classmethod
     def train_loss(cls, net: nn.Module, imgsz: int) -> Any:

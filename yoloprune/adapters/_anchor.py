@@ -5,7 +5,7 @@ checkpoint keys). Each family module builds one instance and binds the ``Adapter
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +15,7 @@ from torch import nn
 
 from yoloprune.adapters import CONFIG_SUFFIXES, Loaded, Target
 from yoloprune.adapters.checkpoint import (
+    carried_plan,
     class_aliases,
     names_dict,
     read_checkpoint,
@@ -214,6 +215,7 @@ class AnchorFamily:
             **self.checkpoint_keys(meta),
             "date": datetime.now().isoformat(),
             "yoloprune": {
+                **carried_plan(getattr(net, "yaml", None), PLAN_KEY),
                 **section,
                 "family": self.family,
                 "config": config,
@@ -227,9 +229,10 @@ class AnchorFamily:
     def rebuild(self, section: dict[str, Any]) -> nn.Module:
         """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it,
         the saved state_dict loaded strictly (fp16 weights come back as fp32). No pickled module is used."""
+        from yoloprune.adapters.heads import replayer
         from yoloprune.graph.plan import rebuild as replay_section
 
-        net, _ = replay_section(section, self.from_config, self.target)
+        net, _ = replay_section(section, self.from_config, self.target, replayer(section["plan"], self.set_classes))
         if section.get("names"):
             net.names = [section["names"][i] for i in sorted(section["names"])]
         self.reset_grids(net)
@@ -268,6 +271,42 @@ class AnchorFamily:
         if head is None or not hasattr(head, "nc"):
             raise ValueError(f"{type(net).__name__} has no detection head to add NMS to")
         return "xywh-obj-class", int(head.nc)
+
+    def classes(self, net: nn.Module) -> int:
+        """How many classes the head predicts."""
+        return self.nms_layout(net)[1]
+
+    def set_classes(self, net: nn.Module, nc: int, names: Sequence[str] | None = None) -> None:
+        """Give the head ``nc`` fresh class scores per anchor (named ``names``), as the family's train.py starts
+        them (its ``_initialize_biases`` class prior); box, objectness and mask-coefficient rows are kept, and so
+        are YOLOv7's implicit layers on them. The count is recorded in the plan (``yoloprune.load`` replays it)."""
+        import math
+
+        from yoloprune.adapters.heads import anchor_rows, check_classes, record_classes, remap_rows, remap_vector
+
+        nc, net = check_classes(nc), self.network(net)
+        head = head_of(net)
+        if head is None or not hasattr(head, "nc"):
+            raise ValueError(f"{type(net).__name__} has no head with classes")
+        if names is not None:
+            net.names = list(names)
+        if int(head.nc) == nc:
+            return
+        rows = anchor_rows(int(head.na), int(head.no), int(head.nc), nc)
+        prior = math.log(0.6 / (nc - 0.99))
+        for name in ("m", "m2"):
+            layers = getattr(head, name, None) or ()
+            for i, layer in enumerate(layers):
+                layers[i] = remap_rows(layer, rows, prior)
+        for implicit in getattr(head, "im", None) or ():
+            implicit.implicit = remap_vector(implicit.implicit, rows, 1.0)
+            implicit.channel = len(rows)
+        head.no = int(head.no) - int(head.nc) + nc
+        head.nc = nc
+        if hasattr(net, "nc"):
+            net.nc = nc
+        self.reset_grids(net)
+        record_classes(self.target(net, prune_head=True), nc)
 
     def train_loss(self, net: nn.Module, imgsz: int) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         """The family's own ``ComputeLoss`` on batches of letterboxed images with normalised labels, with the

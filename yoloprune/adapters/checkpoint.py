@@ -129,3 +129,10 @@ def names_dict(names: Any) -> dict[int, str]:
     if isinstance(names, (list, tuple)):
         return {i: str(v) for i, v in enumerate(names)}
     return {}
+
+
+def carried_plan(holder: Any, key: str) -> dict[str, Any]:
+    """``{"plan": ...}`` for a checkpoint section when the network carries a plan (``holder[key]``: its model.yaml
+    or state), so a file written without one still rebuilds with ``yoloprune.load``; else empty."""
+    plan = holder.get(key) if isinstance(holder, dict) else None
+    return {"plan": plan} if isinstance(plan, dict) else {}

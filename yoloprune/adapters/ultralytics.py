@@ -7,6 +7,7 @@ attribute; attention blocks, whose forward reshapes values back to the input's c
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from yoloprune.adapters import Loaded, Target
+from yoloprune.adapters.checkpoint import carried_plan
 from yoloprune.adapters.config_check import check_ultralytics
 from yoloprune.graph.registry import FixupContext, Policy
 from yoloprune.images import Preprocess
@@ -238,6 +240,7 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: b
         "train_metrics": None,
         "train_results": None,
         PLAN_KEY: {
+            **carried_plan(getattr(net, "yaml", None), PLAN_KEY),
             **section,
             "family": "ultralytics",
             "config": config,
@@ -251,9 +254,10 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: b
 def rebuild(section: dict[str, Any]) -> nn.Module:
     """The pruned network from yoloprune's checkpoint section: the original config, the plan replayed onto it, the
     saved state_dict loaded strictly. No pickled module is used."""
+    from yoloprune.adapters.heads import replayer
     from yoloprune.graph.plan import rebuild as replay_section
 
-    net, _ = replay_section(section, from_config, target)
+    net, _ = replay_section(section, from_config, target, replayer(section["plan"], set_classes))
     net.names = section.get("names") or getattr(net, "names", None)
     return net.eval()
 
@@ -297,6 +301,43 @@ def nms_layout(net: nn.Module) -> tuple[str, int]:
     if getattr(head, "end2end", False):
         return "end2end", int(head.nc)
     return "xywh-class", int(head.nc)
+
+
+def classes(net: nn.Module) -> int:
+    """How many classes the head predicts."""
+    head = _network(net).model[-1] if isinstance(getattr(_network(net), "model", None), nn.Sequential) else None
+    if head is None or not hasattr(head, "nc"):
+        raise ValueError(f"{type(net).__name__} has no head with classes")
+    return int(head.nc)
+
+
+def set_classes(net: nn.Module, nc: int, names: Sequence[str] | None = None) -> None:
+    """Give the head ``nc`` fresh class outputs (named ``names``) as ultralytics starts them when it trains on a
+    dataset with other classes (a new last layer of every class branch, biases from ``Detect.bias_init``'s prior; a
+    classifier gets a new linear layer). The box branch, the class branch's inner layers and the pruned body stay; the
+    count is recorded in the plan (``yoloprune.load`` replays it)."""
+    import math
+
+    from yoloprune.adapters.heads import check_classes, record_classes, remap_rows
+
+    nc, net = check_classes(nc), _network(net)
+    head = net.model[-1]
+    if names is not None:
+        net.names = dict(enumerate(names))
+    if int(head.nc) == nc:
+        return
+    if type(head).__name__ == "Classify":
+        head.linear = remap_rows(head.linear, [None] * nc, 0.0)
+    else:
+        strides = head.stride.tolist() if isinstance(head.stride, torch.Tensor) and head.stride.numel() else []
+        for name in ("cv3", "one2one_cv3"):
+            for level, branch in enumerate(getattr(head, name, None) or ()):
+                stride = strides[level] if level < len(strides) else 8 * 2**level
+                prior = math.log(5 / nc / (640 / stride) ** 2)
+                branch[-1] = remap_rows(branch[-1], [None] * nc, prior)
+        head.no = nc + head.reg_max * 4
+    head.nc = nc
+    record_classes(target(net, prune_head=True), nc)
 
 
 def raw_outputs(out: Any) -> None:

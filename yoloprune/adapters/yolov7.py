@@ -93,4 +93,6 @@ export_module = _FAMILY.export_module
 export_metadata = _FAMILY.export_metadata
 nms_layout = _FAMILY.nms_layout
 train_loss = _FAMILY.train_loss
+classes = _FAMILY.classes
+set_classes = _FAMILY.set_classes
 raw_outputs = _FAMILY.raw_outputs

@@ -11,6 +11,7 @@ plain data and tensors, so ``torch.load(weights_only=True)`` (YOLOX's ``load_che
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from yoloprune.adapters import Loaded, Target
-from yoloprune.adapters.checkpoint import names_dict
+from yoloprune.adapters.checkpoint import carried_plan, names_dict
 from yoloprune.adapters.config_check import check_yolox
 from yoloprune.adapters.detect import YOLOX_KEYS, YOLOX_MODELS, YOLOX_ZOO, yolox_name
 from yoloprune.adapters.packages import MissingPackage, require
@@ -198,6 +199,7 @@ def save(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: b
         "best_ap": 0.0,
         "curr_ap": 0.0,
         PLAN_KEY: {
+            **carried_plan(state, "plan"),
             **section,
             "family": "yolox",
             "config": dict(state["config"]),
@@ -218,11 +220,41 @@ def rebuild(section: dict[str, Any]) -> nn.Module:
         net.head.decode_in_inference = False
         return net
 
-    net, _ = replay_section(section, unpruned, target)
+    from yoloprune.adapters.heads import replayer
+
+    net, _ = replay_section(section, unpruned, target, replayer(section["plan"], set_classes))
     net.head.decode_in_inference = True
     if section.get("names"):
         _state(net)["names"] = dict(section["names"])
     return net.eval()
+
+
+def classes(net: nn.Module) -> int:
+    """How many classes the head predicts."""
+    return int(_network(net).head.num_classes)
+
+
+def set_classes(net: nn.Module, nc: int, names: Sequence[str] | None = None) -> None:
+    """Give the head ``nc`` fresh class predictions (named ``names``), started as YOLOX starts them
+    (``initialize_biases(1e-2)``); the regression and objectness branches are kept. The count is recorded in the
+    plan (``yoloprune.load`` replays it)."""
+    import math
+
+    from yoloprune.adapters.heads import check_classes, record_classes, remap_rows
+
+    nc, net = check_classes(nc), _network(net)
+    head = net.head
+    if names is not None:
+        _state(net)["names"] = dict(enumerate(names))
+    if int(head.num_classes) == nc:
+        return
+    prior = -math.log((1 - 1e-2) / 1e-2)
+    for i, layer in enumerate(head.cls_preds):
+        head.cls_preds[i] = remap_rows(layer, [None] * nc, prior)
+    head.num_classes = nc
+    if names is None:
+        _state(net).pop("names", None)
+    record_classes(target(net, prune_head=True), nc)
 
 
 # ------------------------------------------------------------------------------------------------------ export

@@ -63,10 +63,14 @@ def replay(model: nn.Module, example_inputs: Any, removed: dict[str, list[int]],
 
 
 def rebuild(
-    section: dict[str, Any], build: Callable[[Any], nn.Module], target_of: Callable[..., Any]
+    section: dict[str, Any],
+    build: Callable[[Any], nn.Module],
+    target_of: Callable[..., Any],
+    adjust: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, Any]:
     """A pruned network from a checkpoint section: ``build(section["config"])`` makes the unpruned network, the plan
-    is replayed onto it and the saved state_dict loaded strictly; the composed plan is recorded on the network."""
+    is replayed onto it, ``adjust`` (if any) changes what the plan records beyond channels (a head's class count),
+    and the saved state_dict is loaded strictly; the composed plan is recorded on the network."""
     import copy
 
     import torch
@@ -75,6 +79,8 @@ def rebuild(
     imgsz = int(section.get("imgsz", 640))  # checked by the caller (``yoloprune.adapters.load``) before this runs
     target = target_of(net, prune_head=True)
     replay(net, torch.zeros(1, 3, imgsz, imgsz), section["plan"]["removed"], target)
+    if adjust is not None:
+        adjust(net)
     net.load_state_dict(section["state_dict"], strict=True)
     if target.record is not None:
         target.record(copy.deepcopy(section["plan"]))

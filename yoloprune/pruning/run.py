@@ -253,7 +253,7 @@ def _record(target: Target, removal: Removal) -> None:
         return
     if target.history:
         removed = compose(target.history["removed"], target.history["sizes"], removal.modules)
-        plan = {"removed": removed, "sizes": {**removal.sizes, **target.history["sizes"]}}
+        plan = {**target.history, "removed": removed, "sizes": {**removal.sizes, **target.history["sizes"]}}
     else:
         plan = {"removed": dict(removal.modules), "sizes": dict(removal.sizes)}
     target.record(plan)

@@ -31,11 +31,14 @@ def _branch(preds: Any) -> dict[str, torch.Tensor]:
 
 def head_kd(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tensor:
     """Distillation between two ultralytics heads' raw outputs: BCE of the student's class logits against the
-    teacher's probabilities, and KL divergence between their box distributions (DFL bins; MSE when the head
-    regresses boxes directly)."""
+    teacher's probabilities (only when both predict the same classes), and KL divergence between their box
+    distributions (DFL bins; MSE when the head regresses boxes directly)."""
     s, t = _branch(student), _branch(teacher)
     s_cls, t_cls = s["scores"].float(), t["scores"].float().detach()
-    cls = F.binary_cross_entropy_with_logits(s_cls / temperature, (t_cls / temperature).sigmoid())
+    if s_cls.shape == t_cls.shape:
+        cls = F.binary_cross_entropy_with_logits(s_cls / temperature, (t_cls / temperature).sigmoid())
+    else:  # the student was given another class list: the teacher teaches boxes only
+        cls = s_cls.new_zeros(())
     s_box, t_box = s["boxes"].float(), t["boxes"].float().detach()
     bins = s_box.shape[1] // 4
     if bins > 1:
@@ -48,30 +51,40 @@ def head_kd(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tenso
     return cls + box
 
 
-def decoded_kd(student: torch.Tensor, teacher: torch.Tensor, layout: str, nc: int, imgsz: int) -> torch.Tensor:
+def decoded_kd(
+    student: torch.Tensor, teacher: torch.Tensor, layout: str, nc: int, imgsz: int, teacher_nc: int | None = None
+) -> torch.Tensor:
     """Distillation on decoded predictions (any family's export-mode output): class/objectness probabilities by
-    BCE against the teacher's, boxes (in image units) by L1 weighted with the teacher's confidence."""
+    BCE against the teacher's, boxes (in image units) by L1 weighted with the teacher's confidence. A teacher with
+    other classes (``teacher_nc`` != ``nc``) teaches boxes and objectness only."""
+    teacher_nc = nc if teacher_nc is None else teacher_nc
     if layout == "xywh-class":
         s, t = student.transpose(1, 2).float(), teacher.transpose(1, 2).float().detach()
-        s_box, t_box, s_p, t_p = s[..., :4], t[..., :4], s[..., 4 : 4 + nc], t[..., 4 : 4 + nc]
+        objectness = 0
     elif layout == "xywh-obj-class":
         s, t = student.float(), teacher.float().detach()
-        s_box, t_box, s_p, t_p = s[..., :4], t[..., :4], s[..., 4 : 5 + nc], t[..., 4 : 5 + nc]
+        objectness = 1
     else:
         raise ValueError(f"distillation needs dense predictions, not layout {layout!r}")
-    probs = F.binary_cross_entropy(s_p.clamp(1e-6, 1 - 1e-6), t_p.clamp(0, 1))
+    s_box, t_box = s[..., :4], t[..., :4]
+    s_p, t_p = s[..., 4 : 4 + objectness + nc], t[..., 4 : 4 + objectness + teacher_nc]
     weight = t_p.max(-1, keepdim=True).values
+    if teacher_nc != nc:
+        s_p, t_p = s_p[..., :objectness], t_p[..., :objectness]
+    probs = F.binary_cross_entropy(s_p.clamp(1e-6, 1 - 1e-6), t_p.clamp(0, 1)) if objectness or teacher_nc == nc else 0
     box = ((s_box - t_box).abs() / imgsz * weight).sum() / weight.sum().clamp_min(1e-6)
     return probs + box
 
 
 def anchor_kd(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """Distillation on anchor-based heads' raw maps (B, anchors, H, W, 5 + nc): BCE of objectness and class logits
-    against the teacher's probabilities, MSE of the box terms after the sigmoid both decode with."""
+    (objectness alone when the student predicts other classes) against the teacher's probabilities, MSE of the box
+    terms after the sigmoid both decode with."""
     total = torch.zeros(())
     for s, t in zip(student, teacher):
         s, t = s.float(), t.float().detach()
-        scores = F.binary_cross_entropy_with_logits(s[..., 4:], t[..., 4:].sigmoid())
+        kept = slice(4, None) if s.shape == t.shape else slice(4, 5)  # another class list: objectness only
+        scores = F.binary_cross_entropy_with_logits(s[..., kept], t[..., kept].sigmoid())
         boxes = F.mse_loss(s[..., :4].sigmoid(), t[..., :4].sigmoid())
         total = total + scores + boxes
     return total / max(len(student), 1)
@@ -87,6 +100,7 @@ class Decoded:
     imgsz: int
     student: Callable[[Any], Any] | None = None
     teacher: Callable[[Any], Any] | None = None
+    teacher_nc: int | None = None  # when the teacher predicts other classes than the student
 
 
 def kd_loss(student: Any, teacher: Any, adapter: Adapter | None = None, decoded: Decoded | None = None) -> torch.Tensor:
@@ -98,7 +112,7 @@ def kd_loss(student: Any, teacher: Any, adapter: Adapter | None = None, decoded:
         return anchor_kd(maps, adapter.raw_outputs(teacher))
     if decoded is not None:
         s, t = (decoded.student or _same)(student), (decoded.teacher or _same)(teacher)
-        return decoded_kd(_first(s), _first(t), decoded.layout, decoded.nc, decoded.imgsz)
+        return decoded_kd(_first(s), _first(t), decoded.layout, decoded.nc, decoded.imgsz, decoded.teacher_nc)
     return head_kd(student, teacher)
 
 

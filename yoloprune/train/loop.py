@@ -100,6 +100,11 @@ def distill(
     world = _world()[1]
     s_target, t_target = resolve(student, family, prune_head=True), resolve(teacher, family, prune_head=True)
     adapter = family_adapter(s_target.family)
+    if adapter.classes(s_target.module) != adapter.classes(t_target.module):
+        raise ValueError(
+            "distillation on images teaches the teacher's classes, and this model predicts other ones: fine-tune it "
+            "on labelled data (a data yaml) instead"
+        )
     decoded = Decoded(*adapter.nms_layout(s_target.module), imgsz, s_target.outputs, t_target.outputs)
     net, ref = s_target.module.to(device), t_target.module.to(device).eval()
     for p in ref.parameters():
@@ -179,7 +184,9 @@ def fit(
     if teacher is not None:
         t_target = resolve(teacher, family, prune_head=True)
         ref = t_target.module.to(device).eval()
-        decoded = Decoded(*adapter.nms_layout(net), imgsz, target.outputs, t_target.outputs)
+        decoded = Decoded(
+            *adapter.nms_layout(net), imgsz, target.outputs, t_target.outputs, adapter.classes(t_target.module)
+        )
     fixed = adapter.FIXED_PARAMETERS
     params = [p for name, p in net.named_parameters() if not any(part in name for part in fixed)]
     for p in net.parameters():

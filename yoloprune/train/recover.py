@@ -98,12 +98,33 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         raise ValueError(f"--train-set {exc}") from None
 
 
-def _check_data(data: str | Path) -> None:
-    """Fail before training on a dataset that cannot be trained on (both splits are read and validated)."""
+def _check_data(data: str | Path) -> list[str]:
+    """Fail before training on a dataset that cannot be trained on (both splits are read and validated); returns
+    its class names."""
     if Path(data).suffix not in (".yaml", ".yml"):
         raise DatasetError(f"fine-tuning needs an ultralytics data yaml with YOLO labels, got {data}")
-    for split in ("train", "val"):
-        load_detection_set(data, split)
+    names = load_detection_set(data, "train").names
+    load_detection_set(data, "val")
+    return [names[i] for i in sorted(names)]
+
+
+def with_classes(net: nn.Module, family: str, names: list[str]) -> nn.Module:
+    """``net`` as it is when it predicts ``len(names)`` classes; else a copy whose head predicts the data's classes
+    (``Adapter.set_classes``: fresh class outputs, the pruned body and box outputs kept), said on stdout."""
+    from yoloprune.adapters import adapter
+
+    family_adapter = adapter(family)
+    had = family_adapter.classes(net)
+    if had == len(names):
+        return net
+    net = copy.deepcopy(net)
+    family_adapter.set_classes(net, len(names), names)
+    print(
+        f"the model predicts {had} classes, the dataset has {len(names)}: the head gets new class outputs for "
+        "the dataset's classes (body and box outputs kept; a teacher distils boxes, not classes)",
+        flush=True,
+    )
+    return net
 
 
 def finetune(
@@ -160,10 +181,11 @@ def finetune(
     if not resume:
         check_inputs(out, {"MODEL": model, "--teacher": teacher})
     images = Path(data).is_dir()
+    names: list[str] = []
     if images:
         _check_distillation(data, teacher, resume)
     else:
-        _check_data(data)
+        names = _check_data(data)
     if not resume and not overwrite and any((out / "weights" / name).exists() for name in ("last.pt", "best.pt")):
         raise ValueError(f"{out} holds a training run; pass --resume to continue it or --overwrite to start over")
     loop = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, "lr0": lr0, "workers": workers}
@@ -173,7 +195,16 @@ def finetune(
     family = saved.get("family", "ultralytics") if resume else _family(model)
     if family != "ultralytics":
         return _finetune_family(
-            model, data, out, teacher=teacher, kd_weight=kd_weight, seed=seed, start=start, resume=resume, **loop
+            model,
+            data,
+            out,
+            teacher=teacher,
+            kd_weight=kd_weight,
+            seed=seed,
+            start=start,
+            resume=resume,
+            names=names,
+            **loop,
         )
     return _finetune_ultralytics(
         model,
@@ -185,6 +216,7 @@ def finetune(
         sparsity_kind=sparsity_kind,
         saved=saved,
         resume=resume,
+        names=names,
         plots=plots,
         seed=seed,
         callbacks=callbacks,
@@ -205,6 +237,7 @@ def _finetune_ultralytics(
     sparsity_kind: str,
     saved: dict[str, Any],
     resume: bool,
+    names: list[str],
     plots: bool,
     seed: int,
     callbacks: dict[str, Any] | None,
@@ -212,8 +245,9 @@ def _finetune_ultralytics(
     loop: dict[str, Any],
     overrides: dict[str, Any],
 ) -> FinetuneResult:
-    """ultralytics models: ``PrunedDetectionTrainer`` given the teacher and the sparsity penalty directly. The start
-    is validated first, and ``best.pt`` is the start itself when no epoch beats it."""
+    """ultralytics models: ``PrunedDetectionTrainer`` given the teacher and the sparsity penalty directly. A model
+    that predicts other classes than the data's is given the data's first (``with_classes``). The start is validated
+    first, and ``best.pt`` is the start itself when no epoch beats it."""
     from yoloprune.train.ultralytics_trainer import (
         PrunedDetectionTrainer,
         read_checkpoint,
@@ -250,6 +284,9 @@ def _finetune_ultralytics(
         }
     else:
         student = _ultralytics_module(model)
+        net = read_checkpoint(student)[0] if isinstance(student, Path) else student
+        if (transferred := with_classes(net, "ultralytics", names)) is not net:
+            student = transferred
         teacher = _ultralytics_module(teacher) if teacher is not None else None
         recorded = _recorded(teacher)
         out.mkdir(parents=True, exist_ok=True)
@@ -411,9 +448,18 @@ def _family(model: Any) -> str:
 
 
 def _finetune_family(
-    model: Any, data: str | Path, out: Path, *, teacher: Any, start: float, resume: bool = False, **settings: Any
+    model: Any,
+    data: str | Path,
+    out: Path,
+    *,
+    teacher: Any,
+    start: float,
+    resume: bool = False,
+    names: list[str] | None = None,
+    **settings: Any,
 ) -> FinetuneResult:
-    """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``). Every epoch writes
+    """YOLOv5/YOLOv7/YOLOX: yoloprune's training loop with the family's own loss (``loop.fit``), on the data's
+    classes (``with_classes``). Every epoch writes
     ``out/weights/last.pt`` in the family's format and ``last.state.pt`` (fp32 weights, optimizer, schedule), so
     ``resume`` continues from there. The start and every epoch are validated (COCO mAP50-95 on the val split) and
     ``out/weights/best.pt`` is the best of them, the start included: a fine-tune never hands back a worse model."""
@@ -432,6 +478,8 @@ def _finetune_family(
         teacher = teacher if teacher is not None else _resumed_teacher(saved.get("teacher"), None)
         state = load_checkpoint(state_path)
     loaded = _own_copy(model)
+    if names:
+        loaded.model = with_classes(loaded.model, loaded.family, names)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
         kept = {k: v for k, v in settings.items() if k not in ("device", "workers")}

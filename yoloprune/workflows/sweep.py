@@ -140,6 +140,12 @@ def sweep(
     )
     claim(out, key, record=False)  # a folder of other settings is refused first
     source = load_model(str(model))  # then the model is read (and refused, when it must be) before anything is written
+    transfer = _new_classes(source, data)
+    if transfer and finetune_epochs < 1:
+        raise ValueError(
+            f"{transfer}: a sweep on other classes fine-tunes every point, the unpruned one included; pass "
+            "--finetune-epochs N"
+        )
     points_dir, models_dir = out / "points", out / "models"
     points_dir.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(exist_ok=True)
@@ -156,6 +162,20 @@ def sweep(
             if checkpoint.suffix != ".pt":
                 checkpoint = models_dir / "unpruned.pt"
                 save_model(copy.deepcopy(source), checkpoint, {}, overwrite=True)
+            if transfer:  # the reference learns the data's classes with the same budget as every pruned point
+                checkpoint = recover(
+                    checkpoint,
+                    data,
+                    teacher=teacher,
+                    epochs=finetune_epochs,
+                    kd_weight=kd_weight,
+                    imgsz=imgsz,
+                    batch=batch,
+                    device=device,
+                    out=out / "finetune" / f"{target:.3f}",
+                    overwrite=True,
+                    **(finetune_args or {}),
+                )
         else:
             checkpoint = models_dir / f"pruned-{target:.3f}.pt"
             at_target = replace(settings, ratio=None, target_macs=target, family=source.family)
@@ -191,6 +211,15 @@ def sweep(
     points.sort(key=lambda p: -p.target)
     write_results(points, out)
     return points
+
+
+def _new_classes(source: Any, data: str | Path) -> str:
+    """What differs when the model predicts another number of classes than ``data`` has (empty when it does not)."""
+    from yoloprune.adapters import adapter
+    from yoloprune.data.datasets import load_detection_set
+
+    had, wanted = adapter(source.family).classes(source.model), load_detection_set(data, "val").nc
+    return f"the model predicts {had} classes, {data} has {wanted}" if had != wanted else ""
 
 
 def write_results(points: list[Point], out: Path) -> None:
