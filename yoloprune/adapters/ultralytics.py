@@ -340,6 +340,24 @@ def set_classes(net: nn.Module, nc: int, names: Sequence[str] | None = None) -> 
     record_classes(target(net, prune_head=True), nc)
 
 
+def task_validator(net: nn.Module) -> type:
+    """ultralytics' validator of ``net``'s task: detection, segmentation (box and mask mAP), pose (box and keypoint
+    mAP) or OBB; a clear error for the others."""
+    from ultralytics.models.yolo import detect, obb, pose, segment
+    from ultralytics.nn.tasks import guess_model_task
+
+    validators = {
+        "detect": detect.DetectionValidator,
+        "segment": segment.SegmentationValidator,
+        "pose": pose.PoseValidator,
+        "obb": obb.OBBValidator,
+    }
+    task = guess_model_task(_network(net))
+    if task not in validators:
+        raise ValueError(f"{task} models have no detection validator; prune and export them")
+    return validators[task]
+
+
 def raw_outputs(out: Any) -> None:
     """Decoded predictions are not written in place here: distillation reads them, not raw maps."""
     return None

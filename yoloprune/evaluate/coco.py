@@ -11,7 +11,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 import torchvision
 
 from yoloprune.data.datasets import DatasetError, DetectionSet, load_detection_set
+from yoloprune.evaluate.tasks import task_metrics, task_of
 from yoloprune.graph.nest import tensors_in
 from yoloprune.images import Preprocess, check_imgsz, letterbox, read_image, to_tensor
 from yoloprune.options import check_numbers
@@ -38,14 +39,18 @@ class EvalResult:
     model: str
     data: str
     imgsz: int
+    task: dict[str, float] = field(default_factory=dict)  # masks' or keypoints' mAP (ultralytics' validator)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
+        extra = "".join(
+            f", {name.split('_')[0]} mAP50-95 {value:.4f}" for name, value in self.task.items() if "50_95" in name
+        )
         return (
             f"{self.model} on {self.data} ({self.images} images at {self.imgsz}): mAP50-95 {self.map50_95:.4f}, "
-            f"mAP50 {self.map50:.4f} ({self.seconds:.1f} s)"
+            f"mAP50 {self.map50:.4f}{extra} ({self.seconds:.1f} s)"
         )
 
 
@@ -157,7 +162,8 @@ def evaluate(
     max_images: int | None = None,
 ) -> EvalResult:
     """COCO mAP50-95 and mAP50 (pycocotools) of ``model`` (a model, a checkpoint or config path, an ONNX file or a
-    ``Runner``) on ``data``'s ``split``."""
+    ``Runner``) on ``data``'s ``split``; for ultralytics segment and pose models on a data yaml, the masks' or
+    keypoints' mAP from the task's ultralytics validator too (``task``)."""
     start = time.perf_counter()
     check_imgsz(imgsz)
     check_numbers(conf=conf, iou=iou)
@@ -201,8 +207,11 @@ def evaluate(
                 )
     map50_95, map50 = coco_map(dataset, results, [i for _, i in items])
     name = model if isinstance(model, (str, Path)) else type(model).__name__
+    task = {}
+    if task_of(model) in ("segment", "pose") and not isinstance(data, DetectionSet) and max_images is None:
+        task = task_metrics(model, data, imgsz=imgsz, batch=batch, split=split)
     return EvalResult(
-        map50_95, map50, len(items), len(results), time.perf_counter() - start, str(name), dataset.source, imgsz
+        map50_95, map50, len(items), len(results), time.perf_counter() - start, str(name), dataset.source, imgsz, task
     )
 
 

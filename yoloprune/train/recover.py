@@ -245,13 +245,14 @@ def _finetune_ultralytics(
     loop: dict[str, Any],
     overrides: dict[str, Any],
 ) -> FinetuneResult:
-    """ultralytics models: ``PrunedDetectionTrainer`` given the teacher and the sparsity penalty directly. A model
+    """ultralytics models: the pruned trainer of the model's task (``trainer_for``: detection, segmentation, pose,
+    OBB) given the teacher and the sparsity penalty directly. A model
     that predicts other classes than the data's is given the data's first (``with_classes``). The start is validated
     first, and ``best.pt`` is the start itself when no epoch beats it."""
     from yoloprune.train.ultralytics_trainer import (
-        PrunedDetectionTrainer,
         read_checkpoint,
         start_fitness,
+        trainer_for,
         write_checkpoint,
     )
 
@@ -263,6 +264,7 @@ def _finetune_ultralytics(
         if isinstance(path, (str, Path)):
             read_checkpoint(path)  # refused here, before anything is written or handed to the trainer
     if resume:
+        net = read_checkpoint(last)[0]
         recorded = saved.get("teacher")
         teacher = _resumed_teacher(recorded, teacher)
         teacher = _ultralytics_module(teacher) if isinstance(teacher, nn.Module) else teacher
@@ -317,7 +319,7 @@ def _finetune_ultralytics(
         }
         save_atomic_json(out / SETTINGS_FILE, settings)
         saved = settings
-    trainer = PrunedDetectionTrainer(
+    trainer = trainer_for(net)(
         overrides=args, teacher=teacher, kd_weight=kd_weight, sparsity=sparsity, sparsity_kind=sparsity_kind
     )
     for event, fn in (callbacks or {}).items():

@@ -28,10 +28,13 @@ import ultralytics.engine.trainer as stock_trainer
 from torch import nn
 from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from yoloprune.adapters.ultralytics import guard
+from yoloprune.adapters.ultralytics import guard, task_validator
 from yoloprune.data.datasets import DatasetError
 from yoloprune.train.kd import kd_loss
 from yoloprune.train.label_cache import label_cache_in
@@ -64,6 +67,7 @@ def read_checkpoint(weight: str | Path, device: Any = None, *_: Any, **__: Any) 
     """ultralytics' ``load_checkpoint`` (an fp32 model in eval mode carrying its ``args``, and the checkpoint) read
     through yoloprune's restricted loader."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.nn.tasks import guess_model_task
 
     from yoloprune.io import load_checkpoint
 
@@ -73,7 +77,8 @@ def read_checkpoint(weight: str | Path, device: Any = None, *_: Any, **__: Any) 
         raise ValueError(f"{weight} holds no model to train")
     train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
     net = net.float()
-    net.args = {**DEFAULT_CFG_DICT, **{k: v for k, v in train_args.items() if k in DEFAULT_CFG_DICT}}
+    task = guess_model_task(net.yaml if isinstance(getattr(net, "yaml", None), dict) else net)  # the network's own
+    net.args = {**DEFAULT_CFG_DICT, **{k: v for k, v in train_args.items() if k in DEFAULT_CFG_DICT}, "task": task}
     net.pt_path = str(weight)
     if not hasattr(net, "stride"):
         net.stride = torch.tensor([32.0])
@@ -121,13 +126,11 @@ def start_fitness(model: str | Path, args: dict[str, Any], folder: Path) -> floa
     epoch beats it. None when the run does not validate (``val=False``)."""
     import copy
 
-    from ultralytics.models.yolo.detect import DetectionValidator
-
     if str(args.get("val", True)).lower() == "false":
         return None
     net, _ = read_checkpoint(model)
     keys = ("data", "imgsz", "batch", "device", "workers", "split")
-    validator = DetectionValidator(
+    validator = task_validator(net)(
         save_dir=Path(folder),  # not ultralytics' runs/detect/... under the working directory
         args={**{k: args[k] for k in keys if k in args}, "plots": False, "verbose": False, "save_json": False},
     )
@@ -144,11 +147,11 @@ def write_checkpoint(net: nn.Module, path: Path) -> Path:
     return adapter("ultralytics").save(loaded, path, {}, True)
 
 
-class PrunedDetectionTrainer(DetectionTrainer):
-    """ultralytics' ``DetectionTrainer`` that trains the given network as it is (see the module docstring), adding
-    ``kd_weight`` x distillation from ``teacher`` (a module or a checkpoint path) to the detection loss, and with
-    ``sparsity`` > 0 a sparsity penalty: on every batch norm scale (``sparsity_kind="bn"``) or group lasso over the
-    coupled channels (``"group"``)."""
+class PrunedTrainer:
+    """What turns one of ultralytics' task trainers into one that trains the given network as it is (see the module
+    docstring), adding ``kd_weight`` x distillation from ``teacher`` (a module or a checkpoint path) to the task's
+    loss, and with ``sparsity`` > 0 a sparsity penalty: on every batch norm scale (``sparsity_kind="bn"``) or group
+    lasso over the coupled channels (``"group"``). Mixed in before the task trainer (``TRAINERS``)."""
 
     def __init__(
         self,
@@ -207,7 +210,7 @@ class PrunedDetectionTrainer(DetectionTrainer):
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         if not isinstance(weights, nn.Module):
-            raise ValueError("PrunedDetectionTrainer trains an existing network: pass model=<checkpoint.pt>")
+            raise ValueError(f"{type(self).__name__} trains an existing network: pass model=<checkpoint.pt>")
         head = weights.model[-1] if isinstance(getattr(weights, "model", None), nn.Sequential) else None
         if head is not None and hasattr(head, "nc") and head.nc != self.data["nc"]:
             raise DatasetError(
@@ -238,6 +241,42 @@ class PrunedDetectionTrainer(DetectionTrainer):
                     ):
                         m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength * scale)
         super().optimizer_step()
+
+
+class PrunedDetectionTrainer(PrunedTrainer, DetectionTrainer):
+    """ultralytics' ``DetectionTrainer`` on the pruned network as it is (``PrunedTrainer``)."""
+
+
+class PrunedSegmentationTrainer(PrunedTrainer, SegmentationTrainer):
+    """ultralytics' ``SegmentationTrainer`` on the pruned network as it is (``PrunedTrainer``)."""
+
+
+class PrunedPoseTrainer(PrunedTrainer, PoseTrainer):
+    """ultralytics' ``PoseTrainer`` on the pruned network as it is (``PrunedTrainer``)."""
+
+
+class PrunedOBBTrainer(PrunedTrainer, OBBTrainer):
+    """ultralytics' ``OBBTrainer`` on the pruned network as it is (``PrunedTrainer``)."""
+
+
+TRAINERS: dict[str, type] = {
+    "detect": PrunedDetectionTrainer,
+    "segment": PrunedSegmentationTrainer,
+    "pose": PrunedPoseTrainer,
+    "obb": PrunedOBBTrainer,
+}
+"""The trainer of each task ``finetune`` trains (its validator is the task's own: mask, keypoint or rotated-box
+mAP beside boxes)."""
+
+
+def trainer_for(net: nn.Module) -> type:
+    """The pruned trainer of ``net``'s task; a clear error for a task ``finetune`` does not train."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    task = guess_model_task(net)
+    if task not in TRAINERS:
+        raise ValueError(f"fine-tuning {task} models is not supported; prune, evaluate and export them instead")
+    return TRAINERS[task]
 
 
 def group_lasso(net: nn.Module, imgsz: int) -> Any:
