@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+import onnx
+
 from yoloprune.cli import main
 
 
 def test_quick_demo_end_to_end_and_reuses_its_baseline(tmp_path, capsys):
+    """With YOLO26, ultralytics' default detector: its own optimizer and both heads trained and distilled, the ONNX
+    files dense as ``yolo export`` writes them by default (yolov8n, the default, runs through every other test)."""
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--quick"]) == 0
+    assert main(["demo", "-o", str(out), "--quick", "--model", "yolo26n"]) == 0
     printed = capsys.readouterr().out
     assert "| baseline |" in printed and "| pruned + 1 epochs fine-tuning (KD) |" in printed
     results = json.loads((out / "results.json").read_text())
@@ -19,6 +23,8 @@ def test_quick_demo_end_to_end_and_reuses_its_baseline(tmp_path, capsys):
     assert base["latency_ms"] > 0 and tuned["latency_ms"] > 0
     for name in ("report.md", "pareto.png", "baseline.onnx", "pruned.onnx", "pruned.pt"):
         assert (out / name).is_file()
+    graph = onnx.load(out / "pruned.onnx").graph
+    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == [1, 7, 189]  # 4 + 3 classes, 96 px
     stamp = (out / "baseline" / "weights" / "best.pt").stat().st_mtime
-    assert main(["demo", "-o", str(out), "--quick"]) == 0
+    assert main(["demo", "-o", str(out), "--quick", "--model", "yolo26n"]) == 0
     assert (out / "baseline" / "weights" / "best.pt").stat().st_mtime == stamp  # the baseline was reused

@@ -76,6 +76,29 @@ def test_nms_export_matches_torch_detections(tmp_path):
     assert result.outputs[0][1] == 6 and 0 < result.outputs[0][0] <= 300 and result.max_abs_diff < 1e-3
 
 
+def test_end2end_export_of_yolo26_needs_no_nms(tmp_path):
+    """The NMS-free one-to-one head (``--end2end``) of a pruned YOLO26: (1, K, 6) detections that match PyTorch's
+    as a set, read back by ``eval`` as end-to-end; the default export stays the dense one-to-many output."""
+    from yoloprune.data import synthesize
+    from yoloprune.evaluate.coco import evaluate
+
+    model = randomize(from_config({**from_config("yolo26n.yaml").yaml, "nc": 3}))
+    yoloprune.prune(model, torch.zeros(1, 3, IMGSZ, IMGSZ), target_macs=0.5)
+    with torch.no_grad():
+        for seq in model.model[-1].one2one_cv3:
+            seq[-1].bias.fill_(2.0)  # confident class scores, as a trained model's
+    result = export_onnx(model, tmp_path / "e2e.onnx", imgsz=IMGSZ, end2end=True)
+    assert result.outputs[0][0] == 1 and result.outputs[0][2] == 6 and result.rel_diff < 1e-3
+    assert read_metadata(tmp_path / "e2e.onnx")["layout"] == "end2end"
+    dense = export_onnx(model, tmp_path / "dense.onnx", imgsz=IMGSZ)
+    assert dense.outputs == [[1, 7, (IMGSZ // 8) ** 2 + (IMGSZ // 16) ** 2 + (IMGSZ // 32) ** 2]]
+    data = synthesize(tmp_path / "d", train=2, val=2, imgsz=IMGSZ, classes=3, seed=3)
+    assert evaluate(tmp_path / "e2e.onnx", data, imgsz=IMGSZ).images == 2
+    with pytest.raises(ValueError, match="no NMS-free one-to-one head"):
+        export_onnx(randomize(from_config("yolov8n.yaml")), tmp_path / "v8.onnx", imgsz=IMGSZ, end2end=True)
+    assert main(["export", "yolo26n.yaml", "-o", str(tmp_path / "x.onnx"), "--nms", "--end2end"]) == 2
+
+
 def test_int8_export_reports_its_difference(pruned, tmp_path):
     calib = tmp_path / "calib"
     calib.mkdir()

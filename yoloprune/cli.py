@@ -168,6 +168,7 @@ def _export(args: argparse.Namespace) -> int:
         simplify=args.simplify,
         half=args.half,
         nms=args.nms,
+        end2end=args.end2end,
         int8_calib=args.calib if args.int8 else None,
         family=loaded.family,
         image=args.image,
@@ -294,7 +295,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from yoloprune.workflows.demo import demo
 
-    demo(args.output, quick=args.quick)
+    demo(args.output, quick=args.quick, model=args.model)
     return 0
 
 
@@ -465,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole job on the synthetic benchmark: train, prune, fine-tune, eval, export")
     p.add_argument("-o", "--output", default="runs/demo", metavar="DIR", help="output folder (runs/demo)")
     p.add_argument("--quick", action="store_true", help="a two-minute smoke version")
+    p.add_argument(
+        "--model", default="yolov8n", help="ultralytics detector to train and prune: yolov8n, yolo11n, yolo26n"
+    )
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("inspect", help="list a model's coupled channel groups (members, size, frozen and why)")
@@ -530,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True, help="run onnxslim (on)")
     p.add_argument("--half", action="store_true", help="fp16 weights and compute (inputs and outputs stay fp32)")
     p.add_argument("--nms", action="store_true", help="append score filtering and NMS (batch 1)")
+    p.add_argument(
+        "--end2end", action="store_true", help="the NMS-free one-to-one head's (B, 300, 6) detections (YOLO26, YOLOv10)"
+    )
     p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
     p.add_argument("--calib", metavar="DIR", help="folder of calibration images for --int8")
     p.add_argument("--image", help="verification image (default: ultralytics' bus.jpg)")

@@ -79,8 +79,9 @@ class Adapter(Protocol):
     def rebuild(self, section: dict[str, Any]) -> nn.Module:
         """The pruned network from yoloprune's section: config, plan replayed, weights; no pickled object used."""
 
-    def export_module(self, net: nn.Module, dynamic: bool = False) -> nn.Module:
-        """A copy of ``net`` in the family's export mode (fused, heads returning predictions only)."""
+    def export_module(self, net: nn.Module, dynamic: bool = False, end2end: bool = False) -> nn.Module:
+        """A copy of ``net`` in the family's export mode (fused, heads returning predictions only); with ``end2end``
+        the NMS-free one-to-one head's (B, K, 6) detections, refused where the model has none."""
 
     def export_metadata(self, net: nn.Module, imgsz: int) -> dict[str, Any]:
         """ONNX metadata in the keys the family's runtimes read."""
@@ -139,10 +140,12 @@ class _Generic:
     def rebuild(cls, section: dict[str, Any]) -> nn.Module:
         raise cls._no_family("rebuilding")
 
-    @staticmethod
-    def export_module(net: nn.Module, dynamic: bool = False) -> nn.Module:
+    @classmethod
+    def export_module(cls, net: nn.Module, dynamic: bool = False, end2end: bool = False) -> nn.Module:
         import copy
 
+        if end2end:
+            raise cls._no_family("an NMS-free head")
         return copy.deepcopy(net).float().eval()
 
     @staticmethod

@@ -239,9 +239,11 @@ class AnchorFamily:
         return net.eval()
 
     # -------------------------------------------------------------------------------------------------- export
-    def export_module(self, net: nn.Module, dynamic: bool = False) -> nn.Module:
+    def export_module(self, net: nn.Module, dynamic: bool = False, end2end: bool = False) -> nn.Module:
         """A copy in the family's own export mode (its export.py): Conv+BN fused, the head returning only its decoded
-        predictions (see the family's ``export_head``)."""
+        predictions (see the family's ``export_head``). No NMS-free head: ``end2end`` is refused."""
+        if end2end:
+            raise ValueError(f"{self.label} models have no NMS-free head; export without --end2end (--nms embeds NMS)")
         model = copy.deepcopy(self.network(net)).float().eval()
         with torch.no_grad(), quiet(*self.loggers):
             model = model.fuse() if hasattr(model, "fuse") else model

@@ -263,10 +263,19 @@ def rebuild(section: dict[str, Any]) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def export_module(net: nn.Module, dynamic: bool = False) -> nn.Module:
+def export_module(net: nn.Module, dynamic: bool = False, end2end: bool = False) -> nn.Module:
     """A copy in ultralytics' own ONNX export mode: Conv+BN fused, heads returning only their predictions, C2f-style
-    blocks on ``forward_split`` (which reads the ``c`` the fixups keep current)."""
+    blocks on ``forward_split`` (which reads the ``c`` the fixups keep current). The dense one-to-many predictions
+    by default, as ``yolo export`` writes them; with ``end2end`` the NMS-free one-to-one head's (B, 300, 6)
+    detections (YOLO26, YOLOv10: ``yolo export nms=False``)."""
     model = copy.deepcopy(net).float().eval()
+    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    if end2end:
+        if getattr(head, "one2one_cv2", None) is None:
+            raise ValueError(f"{type(head).__name__} has no NMS-free one-to-one head (YOLO26 and YOLOv10 have)")
+        head.end2end = True
+    elif head is not None and hasattr(type(head), "end2end"):
+        head.end2end = False
     if hasattr(model, "fuse"):
         model = model.fuse(verbose=False)
     for m in model.modules():

@@ -258,9 +258,12 @@ def set_classes(net: nn.Module, nc: int, names: Sequence[str] | None = None) -> 
 
 
 # ------------------------------------------------------------------------------------------------------ export
-def export_module(net: nn.Module, dynamic: bool = False) -> nn.Module:
+def export_module(net: nn.Module, dynamic: bool = False, end2end: bool = False) -> nn.Module:
     """A copy in YOLOX's deploy mode with decoding in the graph: one (B, N, 5 + nc) tensor of xywh boxes in
-    pixels, objectness and class scores (YOLOX's exporter leaves decoding out unless ``--decode_in_inference``)."""
+    pixels, objectness and class scores (YOLOX's exporter leaves decoding out unless ``--decode_in_inference``).
+    No NMS-free head: ``end2end`` is refused."""
+    if end2end:
+        raise ValueError("YOLOX has no NMS-free head; export without --end2end (--nms embeds NMS)")
     model = copy.deepcopy(_network(net)).float().eval()
     model.head.decode_in_inference = True
     return model

@@ -82,6 +82,7 @@ def export_onnx(
     simplify: bool = True,
     half: bool = False,
     nms: bool = False,
+    end2end: bool = False,
     int8_calib: str | Path | None = None,
     family: str | None = None,
     image: str | Path | None = None,
@@ -89,7 +90,8 @@ def export_onnx(
     tolerance: float | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Export ``model`` to ONNX at ``out`` in its family's export mode and verify it.
+    """Export ``model`` to ONNX at ``out`` in its family's export mode and verify it (``end2end``: the NMS-free
+    one-to-one head of YOLO26/YOLOv10; ``nms``: NMS in the graph).
 
     onnxruntime's outputs on ``image`` (default: ultralytics' ``bus.jpg``, letterboxed the family's way) must match
     PyTorch's within ``tolerance`` (relative to the largest output value; default 1e-3, 1e-2 with ``half``); otherwise
@@ -101,7 +103,10 @@ def export_onnx(
     check_imgsz(imgsz)
     check_opset(opset, int8=int8_calib is not None)
     adapter, net, spec = family_hooks(model, family)
-    export_net = adapter.export_module(net, dynamic)
+    if nms and end2end:
+        raise ValueError("--nms and --end2end exclude each other: an NMS-free head needs no NMS")
+    export_net = adapter.export_module(net, dynamic, end2end)
+    layout = adapter.nms_layout(export_net) if adapter is not GENERIC else None
     if nms:
         from yoloprune.export.nms import with_nms
 
@@ -120,9 +125,8 @@ def export_onnx(
     meta = {**adapter.export_metadata(net, imgsz), **(metadata or {})}
     meta["macs"], meta["params"] = str(count_macs(net, x)), str(count_params(net))
     meta["preprocess"] = json.dumps(asdict(spec))
-    if adapter is not GENERIC:
-        layout, nc = adapter.nms_layout(net)
-        meta["layout"], meta["nc"] = ("nms" if nms else layout), str(nc)
+    if layout is not None:
+        meta["layout"], meta["nc"] = ("nms" if nms else layout[0]), str(layout[1])
     meta["family"] = adapter.FAMILY
     meta["exported_by"] = "yoloprune"
     for key, value in meta.items():
@@ -148,7 +152,7 @@ def export_onnx(
         if problem:
             raise ExportError(f"the NMS graph disagrees with PyTorch: {problem}; no file written")
     else:
-        worst_abs, worst_rel = _compare(reference, got)
+        worst_abs, worst_rel = _compare(reference, got, as_sets=layout is not None and layout[0] == "end2end")
     if worst_rel > limit and int8_calib is None:
         raise ExportError(
             f"onnxruntime differs from PyTorch by {worst_rel:.2e} (relative; limit {limit:.0e}); no file written"
@@ -235,7 +239,10 @@ def _run_onnx(data: bytes, x: torch.Tensor) -> list[np.ndarray]:
     return s.run(None, {s.get_inputs()[0].name: x.numpy()})
 
 
-def _compare(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
+def _compare(reference: list[torch.Tensor], got: list[np.ndarray], as_sets: bool = False) -> tuple[float, float]:
+    """The largest absolute and relative difference between PyTorch's and onnxruntime's outputs; with ``as_sets``
+    (end-to-end detections, whose equal scores top-k may order either way) each row of one is compared with the
+    nearest row of the other's same image."""
     if len(reference) != len(got):
         raise ExportError(f"PyTorch returns {len(reference)} outputs, onnxruntime {len(got)}")
     worst_abs, worst_rel = 0.0, 0.0
@@ -243,7 +250,17 @@ def _compare(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[floa
         ref_np = ref.float().numpy()
         if ref_np.shape != out.shape:
             raise ExportError(f"output shape {out.shape} differs from PyTorch's {ref_np.shape}")
-        diff = float(np.abs(ref_np - out.astype(np.float32)).max()) if ref_np.size else 0.0
+        out = out.astype(np.float32)
+        if as_sets and ref_np.ndim == 3 and ref_np.size:  # (B, K, 6): each row against the other's nearest row
+            # rows scored at the cut (the K-th score, 1e-4 in probability) are ties top-k may break either way
+            cut = max(ref_np[..., 4].min(), out[..., 4].min()) + 1e-4
+            gaps = np.abs(out[:, :, None, :] - ref_np[:, None, :, :]).max(-1)
+            kept_out, kept_ref = out[..., 4] > cut, ref_np[..., 4] > cut
+            diff = max(
+                float(gaps.min(-1)[kept_out].max(initial=0.0)), float(gaps.min(-2)[kept_ref].max(initial=0.0))
+            )
+        else:
+            diff = float(np.abs(ref_np - out).max()) if ref_np.size else 0.0
         scale = max(float(np.abs(ref_np).max()) if ref_np.size else 0.0, 1e-12)
         worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
     return worst_abs, worst_rel

@@ -12,7 +12,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,17 @@ def _data(out: Path, s: Settings) -> Path:
     return synthesize(path, s.train, s.val, s.imgsz, s.classes, seed=0, difficulty=s.difficulty)
 
 
+def _check_model(config: str) -> None:
+    """Refuse, before anything is written, a config that is no ultralytics detector (the demo's data has boxes)."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    from yoloprune.adapters.ultralytics import from_config
+
+    net = from_config(config)
+    if guess_model_task(net) != "detect":
+        raise ValueError(f"the demo trains a detector on boxes; {config} is a {guess_model_task(net)} model")
+
+
 def _baseline(out: Path, data: Path, s: Settings) -> Path:
     """Train (or reuse) the unpruned baseline with stock ultralytics."""
     best = out / "baseline" / "weights" / "best.pt"
@@ -116,14 +127,23 @@ def _row(name: str, checkpoint: Path, data: Path, s: Settings, onnx: Path | None
     return Row(name, m.params, m.macs, m.map50_95, m.map50, m.latency_ms, str(onnx or checkpoint))
 
 
-def demo(out: str | Path = "runs/demo", quick: bool = False) -> list[Row]:
-    """Run the demo into ``out``; returns the rows of the final table (baseline, baseline trained as long as the
-    fine-tune, pruned, pruned and fine-tuned)."""
+MODELS = (
+    "yolov8n",
+    "yolo11n",
+    "yolo26n",
+)  # the detectors the demo is measured with; any ultralytics detect config runs
+
+
+def demo(out: str | Path = "runs/demo", quick: bool = False, model: str = "yolov8n") -> list[Row]:
+    """Run the demo into ``out`` with ``model`` (an ultralytics detector's config name: ``yolov8n``, ``yolo11n``,
+    ``yolo26n``...); returns the rows of the final table (baseline, baseline trained as long as the fine-tune,
+    pruned, pruned and fine-tuned)."""
     from yoloprune.adapters import load_model
     from yoloprune.pruning.settings import PruneSettings
     from yoloprune.workflows.pipeline import default_teacher, prune_to_file, recover
 
-    s = QUICK if quick else FULL
+    s = replace(QUICK if quick else FULL, model=model if model.endswith((".yaml", ".yml")) else f"{model}.yaml")
+    _check_model(s.model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
