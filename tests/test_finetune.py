@@ -345,3 +345,24 @@ def test_a_teacher_with_other_classes_teaches_boxes_only():
     box = ((s_dec[..., :4] - t_dec[..., :4]).abs() / 64 * weight_same).sum() / weight_same.sum()
     obj = F.binary_cross_entropy(s_dec[..., 4:5], t_dec[..., 4:5])
     assert torch.allclose(decoded_kd(s_dec, t_dec, "xywh-obj-class", 3, 64, teacher_nc=80), box + obj)
+
+
+def test_the_command_line_is_quiet_unless_verbose(pair, data, tmp_path):
+    """One line per epoch and the result; ultralytics' banners, bars and tables only with --verbose."""
+    import os
+    import subprocess
+    import sys
+
+    _, pruned, _ = pair
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_VERBOSE"}
+    outputs = {}
+    for flag in ([], ["--verbose"]):
+        argv = ["finetune", str(pruned), "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "4"]
+        argv += ["-o", str(tmp_path / f"run{len(flag)}"), "workers=0", "nbs=4", "mosaic=0", "warmup_epochs=0", *flag]
+        done = subprocess.run([sys.executable, "-m", "yoloprune", *argv], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[bool(flag)] = done.stdout + done.stderr
+    quiet, verbose = outputs[False], outputs[True]
+    assert "epoch 1/1: loss" in quiet and "epoch 2/1" not in quiet
+    assert "Ultralytics" not in quiet and "━" not in quiet and len(quiet) < 3000
+    assert "Ultralytics" in verbose and len(verbose) > 3 * len(quiet)

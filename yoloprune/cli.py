@@ -457,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--trust", action="store_true", help="load pickled checkpoints fully (they can run code): trusted files only"
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="show upstream logs and progress bars, and an error's traceback"
+    )
     common.add_argument(
         "--repo", metavar="DIR", help="a YOLOv5/YOLOv7 clone whose models/ the checkpoint was made with"
     )
@@ -672,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit status: user errors print one line and return 2, Ctrl-C prints one line and
     returns 130 (outputs are written atomically, so an interrupted command leaves nothing half-written). Nothing is
-    downloaded: ``YOLO_OFFLINE=1`` is set for ultralytics unless the environment says otherwise."""
+    downloaded: ``YOLO_OFFLINE=1`` is set for ultralytics unless the environment says otherwise. ultralytics' own logs
+    and progress bars show with ``--verbose`` (``YOLO_VERBOSE=False`` is set otherwise, unless the environment says
+    otherwise); yoloprune prints one line per step and per epoch."""
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -680,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (one line, status 2), --help, --version
         return int(exc.code or 0)
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    if not getattr(args, "verbose", False):  # ultralytics' logs and progress bars only with --verbose
+        os.environ.setdefault("YOLO_VERBOSE", "False")
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

@@ -256,9 +256,7 @@ def _compare(reference: list[torch.Tensor], got: list[np.ndarray], as_sets: bool
             cut = max(ref_np[..., 4].min(), out[..., 4].min()) + 1e-4
             gaps = np.abs(out[:, :, None, :] - ref_np[:, None, :, :]).max(-1)
             kept_out, kept_ref = out[..., 4] > cut, ref_np[..., 4] > cut
-            diff = max(
-                float(gaps.min(-1)[kept_out].max(initial=0.0)), float(gaps.min(-2)[kept_ref].max(initial=0.0))
-            )
+            diff = max(float(gaps.min(-1)[kept_out].max(initial=0.0)), float(gaps.min(-2)[kept_ref].max(initial=0.0)))
         else:
             diff = float(np.abs(ref_np - out).max()) if ref_np.size else 0.0
         scale = max(float(np.abs(ref_np).max()) if ref_np.size else 0.0, 1e-12)

@@ -170,6 +170,8 @@ class PrunedTrainer:
         super().__init__(cfg, overrides, _callbacks)
         if _attach_teacher not in self.callbacks["on_pretrain_routine_end"]:  # DDP workers may get it from the parent
             self.add_callback("on_pretrain_routine_end", _attach_teacher)
+        if print_epoch not in self.callbacks["on_fit_epoch_end"]:
+            self.add_callback("on_fit_epoch_end", print_epoch)
 
     def train(self) -> Any:
         if not self.ddp:
@@ -300,7 +302,23 @@ def group_lasso(net: nn.Module, imgsz: int) -> Any:
     return GroupLasso(graph)
 
 
-def _attach_teacher(trainer: PrunedDetectionTrainer) -> None:
+def print_epoch(trainer: Any) -> None:
+    """One line per epoch, as yoloprune's own loop prints (ultralytics' bars and tables show with ``--verbose``):
+    the epoch's mean losses and the validation mAP50-95 of the task's boxes (and masks or keypoints)."""
+    if trainer.epoch >= trainer.epochs:  # the final validation of best.pt reports as epoch N + 1: not an epoch
+        return
+    losses = trainer.tloss if isinstance(trainer.tloss, dict) else {}
+    total = sum(float(v) for v in losses.values())
+    metrics = trainer.metrics or {}
+    scores = "  ".join(
+        f"val {'' if k.endswith('(B)') else k[-2] + ' '}mAP50-95 {float(v):.4f}"
+        for k, v in metrics.items()
+        if k.startswith("metrics/mAP50-95(")
+    )
+    print(f"epoch {trainer.epoch + 1}/{trainer.epochs}: loss {total:.4f}  {scores}".rstrip(), flush=True)
+
+
+def _attach_teacher(trainer: PrunedTrainer) -> None:
     """After the EMA copy exists (so it never carries the teacher), wrap the model's criterion with distillation."""
     if trainer.teacher is None:
         return

@@ -104,7 +104,11 @@ def _baseline(out: Path, data: Path, s: Settings) -> Path:
         return best
     from ultralytics import YOLO
 
-    YOLO(s.model).train(
+    from yoloprune.train.ultralytics_trainer import print_epoch
+
+    model = YOLO(s.model)
+    model.add_callback("on_fit_epoch_end", print_epoch)
+    model.train(
         data=str(data),
         epochs=s.base_epochs,
         imgsz=s.imgsz,
