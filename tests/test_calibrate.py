@@ -151,3 +151,31 @@ def test_with_calibration_images_the_default_ranks_by_recon_error_per_mac(traine
     yoloprune.prune(plain, x, target_macs=0.7, importance="l2", calib=images[0], calib_images=16)
     held_out = calibration_batches(images[1], IMGSZ, images=8)
     assert output_error(net, trained_like, held_out) < output_error(plain, trained_like, held_out)
+
+
+def test_every_step_is_calibrated_against_the_network_it_found(trained_like, images):
+    """Two steps with a "fine-tune" between them (here: every weight scaled by 1.05): the second step is refitted
+    against the network it found, so the result reproduces that network's outputs, not the original's."""
+    held_out = calibration_batches(images[1], IMGSZ, images=8)
+    found = {}
+
+    def nudge(step, net):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(1.05)
+        found["net"] = copy.deepcopy(net)
+
+    net = copy.deepcopy(trained_like)
+    report = yoloprune.prune(
+        net,
+        torch.zeros(1, 3, IMGSZ, IMGSZ),
+        target_macs=0.5,
+        steps=2,
+        between_steps=nudge,
+        calib=str(images[0]),
+        calib_images=8,
+        importance="l2",  # the ranking is not what is tested here
+    )
+    assert report.settings["calibration"]["steps"] == 2 and sum("calibrated on" in n for n in report.notes) == 2
+    to_found, to_original = output_error(net, found["net"], held_out), output_error(net, trained_like, held_out)
+    assert to_found < 0.5 * to_original, (to_found, to_original)

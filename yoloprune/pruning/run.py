@@ -28,6 +28,7 @@ from yoloprune.pruning.settings import PruneSettings
 MAX_ATTEMPTS = 10
 Scorer = Callable[[nn.Module, Any], np.ndarray]
 TaylorLoss = Callable[[nn.Module], Any]
+AfterStep = Callable[[nn.Module, nn.Module, Removal], None]  # (pruned network, the same before the step, the step)
 
 
 @dataclass
@@ -91,13 +92,16 @@ def prune(
     between_steps: Callable[[int, nn.Module], bool | None] | None = None,
     policies: Mapping[Any, Policy] | None = None,
     calib_batches: Sequence[Any] | None = None,
+    after_step: AfterStep | None = None,
 ) -> PruneReport:
     """Remove channels from ``model`` in place by ratio or MACs/params target and return what changed.
-    ``calib_batches`` (image tensors) feed the ``recon`` importance.
-    ``yoloprune.prune`` is the public entry: it builds ``settings`` from keywords and adds latency targets."""
+    ``calib_batches`` (image tensors) feed the ``recon`` importance. ``after_step(pruned, before, removal)`` runs
+    after every step with the network as it was before that step (calibration refits against it), before
+    ``between_steps``. ``yoloprune.prune`` is the public entry: it builds ``settings`` from keywords and adds latency
+    targets."""
     if settings.target_latency_ms is not None:
         raise ValueError("a latency target is met by yoloprune.prune, which times candidates with onnxruntime")
-    return _prune(model, example_inputs, settings, taylor_loss, between_steps, policies, calib_batches)
+    return _prune(model, example_inputs, settings, taylor_loss, between_steps, policies, calib_batches, after_step)
 
 
 def _prune(
@@ -108,8 +112,10 @@ def _prune(
     between_steps: Callable[[int, nn.Module], bool | None] | None,
     policies: Mapping[Any, Policy] | None,
     calib_batches: Sequence[Any] | None = None,
+    after_step: AfterStep | None = None,
 ) -> PruneReport:
-    """Prune in ``s.steps`` steps: each scores, chooses and applies; then the report (and the exactness check)."""
+    """Prune in ``s.steps`` steps: each scores, chooses and applies (the exactness check right after, when asked),
+    then ``after_step``; then the report."""
     start = time.perf_counter()
     if s.importance == "auto":  # recorded as what it meant
         s = replace(s, importance=AUTO_CRITERIA[0] if calib_batches else AUTO_CRITERIA[1])
@@ -127,6 +133,7 @@ def _prune(
             else goal_for_step(step, s.steps, s.ratio, s.target_macs, s.target_params)
         )
         protected = tuple(n for n in (first_layer(target.module),) if s.protect_first and n)
+        unpruned = copy.deepcopy(target.module) if after_step is not None else None
         removal, graph, selection, macs_after, notes = _apply(
             target, example_inputs, goal, _scorer(s, taylor_loss, calib_batches), (*s.ignore, *protected), policies, s
         )
@@ -134,16 +141,19 @@ def _prune(
         _accumulate(totals, removal, selection, notes)
         _record(target, removal)
         totals["steps"] = step
+        if reference is not None:  # verify: a single step, checked before anything refits the weights
+            zero_producers(reference, removal)
+            totals["difference"] = max_relative_difference(reference, target.module, example_inputs, target.outputs)
+            if totals["difference"] > s.tolerance:
+                raise PruneError(f"exactness check failed: outputs differ by {totals['difference']:.3g} (relative)")
+        if after_step is not None:
+            after_step(target.module, unpruned, removal)
         if step < s.steps and between_steps is not None and between_steps(step, model) is False:
             totals["notes"].append(f"stopped after step {step} of {s.steps}: between_steps asked to stop")
             break
     report = _report(model, s, family, before, macs_after, totals, removal)
-    if reference is not None:
-        final = resolve(model, family=s.family, prune_head=s.prune_head)
-        zero_producers(reference, removal)
-        report.max_difference = max_relative_difference(reference, final.module, example_inputs, final.outputs)
-        if report.max_difference > s.tolerance:
-            raise PruneError(f"exactness check failed: outputs differ by {report.max_difference:.3g} (relative)")
+    if "difference" in totals:
+        report.max_difference = totals["difference"]
     report.seconds = time.perf_counter() - start
     return report
 

@@ -172,6 +172,8 @@ class PrunedTrainer:
             self.add_callback("on_pretrain_routine_end", _attach_teacher)
         if print_epoch not in self.callbacks["on_fit_epoch_end"]:
             self.add_callback("on_fit_epoch_end", print_epoch)
+        if use_every_core not in self.callbacks["on_pretrain_routine_start"]:
+            self.add_callback("on_pretrain_routine_start", use_every_core)
 
     def train(self) -> Any:
         if not self.ddp:
@@ -300,6 +302,21 @@ def group_lasso(net: nn.Module, imgsz: int) -> Any:
     if target.module is not net:
         raise ValueError("group lasso needs the trained network itself to be the pruned module")
     return GroupLasso(graph)
+
+
+def cpu_threads() -> int:
+    """The torch threads CPU training uses: ``OMP_NUM_THREADS`` when set, else every core this process may run on."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_every_core(trainer: Any) -> None:
+    """On CPU, train on every core: ultralytics' ``select_device`` sets torch to ``cpu_count - 1`` threads (one of
+    two cores), keeping one for its dataloader."""
+    if getattr(trainer, "device", None) is not None and trainer.device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
 
 
 def print_epoch(trainer: Any) -> None:

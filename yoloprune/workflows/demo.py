@@ -104,10 +104,11 @@ def _baseline(out: Path, data: Path, s: Settings) -> Path:
         return best
     from ultralytics import YOLO
 
-    from yoloprune.train.ultralytics_trainer import print_epoch
+    from yoloprune.train.ultralytics_trainer import print_epoch, use_every_core
 
     model = YOLO(s.model)
     model.add_callback("on_fit_epoch_end", print_epoch)
+    model.add_callback("on_pretrain_routine_start", use_every_core)
     model.train(
         data=str(data),
         epochs=s.base_epochs,

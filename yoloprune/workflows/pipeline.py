@@ -84,7 +84,8 @@ def prune(
 
     Calibrated: with ``calib`` (a folder of unlabelled images; the first ``calib_images`` are used), every layer whose
     inputs lost channels is refitted by least squares to reproduce the original's outputs, and norm statistics are
-    re-estimated when that brings the outputs closer to the original's (``yoloprune.pruning.calibrate``).
+    re-estimated when that brings the outputs closer to the original's (``yoloprune.pruning.calibrate``). With
+    ``steps``, every step is calibrated against the network as the step found it (after the previous fine-tune).
     """
     if settings is None:
         settings = PruneSettings(ratio=ratio, importance=importance, seed=seed, ignore=tuple(ignore), **options)
@@ -94,11 +95,19 @@ def prune(
         from yoloprune.pruning.taylor import taylor_loss_from
 
         taylor_loss = taylor_loss_from(data, int(example_inputs.shape[-1]))
-    before = _calibration_inputs(model, example_inputs, settings, calib, calib_images) if calib is not None else None
-    batches = before[1] if before is not None else None
-    report = _prune(model, example_inputs, settings, taylor_loss, between_steps, policies, batches)
-    if before is not None:
-        _calibrate(model, settings, report, *before)
+    batches = _calibration_batches(model, example_inputs, settings, calib, calib_images) if calib is not None else None
+    results: list[Any] = []
+    after_step = _calibrating(batches, results) if batches is not None else None
+    report = _prune(model, example_inputs, settings, taylor_loss, between_steps, policies, batches, after_step)
+    if results:
+        report.notes.extend(str(r) for r in results)
+        report.settings["calibration"] = {
+            "images": results[-1].images,
+            "layers": sum(r.layers for r in results),
+            "norms": sum(r.norms for r in results),
+            "steps": len(results),
+        }
+        report.seconds += sum(r.seconds for r in results)
     return report
 
 
@@ -110,8 +119,10 @@ def _prune(
     between_steps: Callable[[int, nn.Module], bool | None] | None,
     policies: Mapping[Any, Policy] | None,
     calib_batches: list[Any] | None = None,
+    after_step: Callable[..., None] | None = None,
 ) -> PruneReport:
-    """``pruning.run.prune``, or with a latency target a search over MACs fractions timed with onnxruntime."""
+    """``pruning.run.prune``, or with a latency target a search over MACs fractions timed with onnxruntime (the
+    candidates uncalibrated; the chosen fraction pruned with ``after_step``)."""
     from yoloprune.pruning import run
 
     if settings.target_latency_ms is None:
@@ -123,6 +134,7 @@ def _prune(
             between_steps=between_steps,
             policies=policies,
             calib_batches=calib_batches,
+            after_step=after_step,
         )
     from yoloprune.export.bench import module_latency
     from yoloprune.pruning.latency import fraction_for_latency
@@ -149,41 +161,36 @@ def _prune(
         between_steps=between_steps,
         policies=policies,
         calib_batches=calib_batches,
+        after_step=after_step,
     )
     report.settings = {**settings.record(), "latency_search_macs": fraction}
     report.latency_ms = latency_ms
     return report
 
 
-def _calibration_inputs(
+def _calibration_batches(
     model: nn.Module, example_inputs: Any, settings: PruneSettings, calib: str | Path, images: int
-) -> tuple[nn.Module, list[Any]]:
-    """The calibration images (read, and refused, before anything is pruned) and a copy of the unpruned network."""
-    import copy
-
+) -> list[Any]:
+    """The calibration images as batches, read (and refused) before anything is pruned."""
     from yoloprune.adapters import adapter, resolve
     from yoloprune.pruning.calibrate import calibration_batches
 
     if isinstance(images, bool) or not isinstance(images, int) or images < 2:
         raise ValueError(f"calib_images must be an integer >= 2 (one batch is held out), got {images}")
-    target = resolve(model, family=settings.family)
-    spec = adapter(target.family).PREPROCESS
+    spec = adapter(resolve(model, family=settings.family).family).PREPROCESS
     size, batch = int(example_inputs.shape[-1]), max(1, min(8, images // 2))
-    batches = calibration_batches(calib, size, spec, images, batch)
-    return copy.deepcopy(target.module), batches
+    return calibration_batches(calib, size, spec, images, batch)
 
 
-def _calibrate(
-    model: nn.Module, settings: PruneSettings, report: PruneReport, original: nn.Module, batches: list
-) -> None:
-    """Refit the pruned network against ``original`` on ``batches``; recorded in the report."""
-    from yoloprune.adapters import resolve
+def _calibrating(batches: list[Any], results: list[Any]) -> Callable[[nn.Module, nn.Module, Any], None]:
+    """What runs after every prune step with images: the pruned network refitted against itself before the step
+    (the original for a one-step prune; after a fine-tune between steps, the fine-tuned network), results kept."""
     from yoloprune.pruning.calibrate import calibrate
 
-    result = calibrate(resolve(model, family=settings.family).module, original, batches, report.removed)
-    report.notes.append(str(result))
-    report.settings["calibration"] = {"images": result.images, "layers": result.layers, "norms": result.norms}
-    report.seconds += result.seconds
+    def after_step(pruned: nn.Module, before: nn.Module, removal: Any) -> None:
+        results.append(calibrate(pruned, before, batches, removal.modules))
+
+    return after_step
 
 
 def default_teacher(model: str | Path) -> str | None:
