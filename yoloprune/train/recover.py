@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from yoloprune.data.datasets import DatasetError, load_detection_set
@@ -206,24 +207,28 @@ def finetune(
             names=names,
             **loop,
         )
-    return _finetune_ultralytics(
-        model,
-        data,
-        out,
-        teacher=teacher,
-        kd_weight=kd_weight,
-        sparsity=sparsity,
-        sparsity_kind=sparsity_kind,
-        saved=saved,
-        resume=resume,
-        names=names,
-        plots=plots,
-        seed=seed,
-        callbacks=callbacks,
-        start=start,
-        loop=loop,
-        overrides=overrides,
-    )
+    threads = torch.get_num_threads()  # ultralytics' validators set cpu_count - 1 and leave it so
+    try:
+        return _finetune_ultralytics(
+            model,
+            data,
+            out,
+            teacher=teacher,
+            kd_weight=kd_weight,
+            sparsity=sparsity,
+            sparsity_kind=sparsity_kind,
+            saved=saved,
+            resume=resume,
+            names=names,
+            plots=plots,
+            seed=seed,
+            callbacks=callbacks,
+            start=start,
+            loop=loop,
+            overrides=overrides,
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _finetune_ultralytics(

@@ -172,8 +172,7 @@ class PrunedTrainer:
             self.add_callback("on_pretrain_routine_end", _attach_teacher)
         if print_epoch not in self.callbacks["on_fit_epoch_end"]:
             self.add_callback("on_fit_epoch_end", print_epoch)
-        if use_every_core not in self.callbacks["on_pretrain_routine_start"]:
-            self.add_callback("on_pretrain_routine_start", use_every_core)
+        use_every_core(self)  # after select_device, which set cpu_count - 1 threads
 
     def train(self) -> Any:
         if not self.ddp:
@@ -305,10 +304,8 @@ def group_lasso(net: nn.Module, imgsz: int) -> Any:
 
 
 def cpu_threads() -> int:
-    """The torch threads CPU training uses: ``OMP_NUM_THREADS`` when set, else every core this process may run on."""
-    given = os.environ.get("OMP_NUM_THREADS", "")
-    if given.isdigit() and int(given) > 0:
-        return int(given)
+    """The torch threads CPU training uses: every core this process may run on (``taskset`` limits them;
+    ``OMP_NUM_THREADS`` cannot, ultralytics sets it to 1 on import)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
