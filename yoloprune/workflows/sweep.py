@@ -162,20 +162,6 @@ def sweep(
             if checkpoint.suffix != ".pt":
                 checkpoint = models_dir / "unpruned.pt"
                 save_model(copy.deepcopy(source), checkpoint, {}, overwrite=True)
-            if transfer:  # the reference learns the data's classes with the same budget as every pruned point
-                checkpoint = recover(
-                    checkpoint,
-                    data,
-                    teacher=teacher,
-                    epochs=finetune_epochs,
-                    kd_weight=kd_weight,
-                    imgsz=imgsz,
-                    batch=batch,
-                    device=device,
-                    out=out / "finetune" / f"{target:.3f}",
-                    overwrite=True,
-                    **(finetune_args or {}),
-                )
         else:
             checkpoint = models_dir / f"pruned-{target:.3f}.pt"
             at_target = replace(settings, ratio=None, target_macs=target, family=source.family)
@@ -188,20 +174,21 @@ def sweep(
                 calib=calib,
                 calib_images=calib_images,
             )
-            if finetune_epochs > 0:
-                checkpoint = recover(
-                    checkpoint,
-                    data,
-                    teacher=teacher,
-                    epochs=finetune_epochs,
-                    kd_weight=kd_weight,
-                    imgsz=imgsz,
-                    batch=batch,
-                    device=device,
-                    out=out / "finetune" / f"{target:.3f}",
-                    overwrite=True,
-                    **(finetune_args or {}),
-                )
+        # every pruned point is fine-tuned; the unpruned reference too when it must learn the data's classes
+        if finetune_epochs > 0 and (target < 1.0 or transfer):
+            checkpoint = recover(
+                checkpoint,
+                data,
+                teacher=teacher,
+                epochs=finetune_epochs,
+                kd_weight=kd_weight,
+                imgsz=imgsz,
+                batch=batch,
+                device=device,
+                out=out / "finetune" / f"{target:.3f}",
+                overwrite=True,
+                **(finetune_args or {}),
+            )
         onnx = models_dir / ("unpruned.onnx" if target == 1.0 else f"pruned-{target:.3f}.onnx")
         m = measure(checkpoint, data, imgsz, batch=batch, onnx=onnx, threads=threads, runs=runs)
         seconds = time.perf_counter() - start
