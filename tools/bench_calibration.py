@@ -2,7 +2,7 @@
 
 Starts from a trained ultralytics checkpoint (``--model``, e.g. a converged one from ``tools/train_baselines.py``) and
 its data yaml, prunes a copy at every MACs target with every variant, and evaluates each on the validation split
-with pycocotools:
+with pycocotools (any family; YOLOv5/v7 fine-tune in yoloprune's loop, whose per-epoch scores are pycocotools'):
 
 - ``plain``: ``l2`` importance, pruned only (``plain-l1``: ``l1``; any variant takes ``-CRITERION``);
 - ``bn``: ``l2``, then norm statistics re-estimated on the calibration images;
@@ -53,11 +53,6 @@ def prune_variant(base, x, variant: str, target: float, calib_dir: Path, images:
     return net, report, time.perf_counter() - start
 
 
-FINETUNE = {"mosaic": 0.0, "close_mosaic": 0, "warmup_epochs": 0, "verbose": False, "nbs": 16}
-"""ultralytics settings of the benchmark's fine-tunes (``--ft-set key=value`` changes them): no mosaic at 160 px, no
-warm-up (its bias learning rate of 0.1 undoes a calibrated start), a step every batch."""
-
-
 def finetune_row(net, teacher: Path, data: Path, out: Path, epochs: int, imgsz: int, settings: dict) -> dict:
     """Fine-tune ``net`` with distillation; validation mAP after epochs 1, 3 and the last, and of ``best.pt``."""
     from yoloprune.evaluate.coco import evaluate
@@ -67,8 +62,12 @@ def finetune_row(net, teacher: Path, data: Path, out: Path, epochs: int, imgsz: 
     result = finetune(
         net, data, epochs=epochs, teacher=teacher, imgsz=imgsz, batch=16, out=out, overwrite=True, workers=2, **settings
     )
-    rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader((out / "results.csv").open())]
-    curve = [float(r["metrics/mAP50-95(B)"]) for r in rows]
+    if (out / "results.csv").is_file():  # ultralytics' trainer: its validator's mAP after every epoch
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader((out / "results.csv").open())]
+        curve = [float(r["metrics/mAP50-95(B)"]) for r in rows]
+    else:  # yoloprune's loop (YOLOv5/v7/YOLOX): pycocotools' mAP of the start ("0") and every epoch
+        scores = json.loads((out / "weights" / "scores.json").read_text())
+        curve = [scores[k] for k in sorted(scores, key=int) if k != "0"]
     return {
         "ft_epoch1": curve[0] if curve else None,
         "ft_epoch3": curve[2] if len(curve) > 2 else None,
@@ -80,7 +79,7 @@ def finetune_row(net, teacher: Path, data: Path, out: Path, epochs: int, imgsz: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="trained ultralytics checkpoint")
+    parser.add_argument("--model", required=True, help="trained checkpoint (ultralytics, YOLOv5, YOLOv7)")
     parser.add_argument("--data", required=True, help="its data yaml (calibration images: the train split)")
     parser.add_argument("-o", "--output", default="runs/bench_calibration")
     parser.add_argument("--imgsz", type=int, default=160)
@@ -93,23 +92,19 @@ def main() -> None:
     parser.add_argument("--ft-set", action="append", default=[], metavar="KEY=VALUE", help="fine-tune setting")
     args = parser.parse_args()
     import yaml
+    from benchkit import FINETUNE
 
     ft_settings = {**FINETUNE, **{k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.ft_set)}}
 
-    import torch
+    from benchkit import start
 
-    from yoloprune.adapters import load_model
-    from yoloprune.data.datasets import load_detection_set
     from yoloprune.evaluate.coco import evaluate
     from yoloprune.pruning.calibrate import calibration_batches
 
     out, data = Path(args.output), Path(args.data)
-    out.mkdir(parents=True, exist_ok=True)
-    base = load_model(args.model).model
-    x = torch.zeros(1, 3, args.imgsz, args.imgsz)
-    calib_dir = Path(load_detection_set(data, "train").images[0]).parent
+    begin = start(args.model, data, out, args.imgsz)
+    base, x, calib_dir, unpruned = begin.base, begin.x, begin.calib, begin.unpruned
     batches = calibration_batches(calib_dir, args.imgsz, images=args.calib_images)
-    unpruned = evaluate(base, data, imgsz=args.imgsz).map50_95
     rows = [{"target": 1.0, "variant": "unpruned", "map50_95": unpruned}]
     print(json.dumps(rows[-1]), flush=True)
     tuned = {t for t in args.finetune_targets.split(",")} if args.finetune_epochs else set()

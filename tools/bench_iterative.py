@@ -25,8 +25,6 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-SETTINGS = {"mosaic": 0.0, "close_mosaic": 0, "warmup_epochs": 0, "verbose": False, "nbs": 16}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,22 +38,18 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=64)
     args = parser.parse_args()
 
-    import torch
+    from benchkit import FINETUNE, start
 
     import yoloprune
     from yoloprune.adapters import load_model
-    from yoloprune.data.datasets import load_detection_set
     from yoloprune.evaluate.coco import evaluate
     from yoloprune.graph.counting import count_macs
     from yoloprune.train import finetune
 
     out, data = Path(args.output), Path(args.data)
-    out.mkdir(parents=True, exist_ok=True)
-    base = load_model(args.model).model
-    x = torch.zeros(1, 3, args.imgsz, args.imgsz)
-    calib = Path(load_detection_set(data, "train").images[0]).parent
+    begin = start(args.model, data, out, args.imgsz)
+    base, x, calib, unpruned = begin.base, begin.x, begin.calib, begin.unpruned
     macs = count_macs(base, x)
-    unpruned = evaluate(base, data, imgsz=args.imgsz).map50_95
     rows = [{"method": "unpruned", "map50_95": unpruned}]
     print(json.dumps(rows[-1]), flush=True)
 
@@ -75,7 +69,7 @@ def main() -> None:
             out=out / name,
             overwrite=True,
             workers=2,
-            **SETTINGS,
+            **FINETUNE,
         )
         tuned = load_model(str(result.best)).model
         row = {

@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 VARIANTS = ("none", "head", "feature", "both")
-SETTINGS = {"mosaic": 0.0, "close_mosaic": 0, "warmup_epochs": 0, "verbose": False, "nbs": 16, "plots": False}
 
 
 def start_model(base, x, start: str, target: float, calib_dir: Path, images: int):
@@ -45,6 +44,8 @@ def start_model(base, x, start: str, target: float, calib_dir: Path, images: int
 
 def run_variant(start: Path, teacher: Path, data: Path, out: Path, variant: str, epochs: int, imgsz: int) -> dict:
     """Fine-tune ``start`` with one distillation variant; the validation curve ultralytics recorded."""
+    from benchkit import FINETUNE
+
     from yoloprune.train.ultralytics_trainer import PrunedDetectionTrainer
 
     class Trainer(PrunedDetectionTrainer):
@@ -63,7 +64,8 @@ def run_variant(start: Path, teacher: Path, data: Path, out: Path, variant: str,
         "name": out.name,
         "exist_ok": True,
         "seed": 0,
-        **SETTINGS,
+        **FINETUNE,
+        "plots": False,
     }
     if variant in ("feature", "both"):
         args["distill_model"] = str(teacher)
@@ -86,18 +88,14 @@ def main() -> None:
     parser.add_argument("--calib-images", type=int, default=64)
     args = parser.parse_args()
 
-    import torch
+    from benchkit import start
 
-    from yoloprune.adapters import Loaded, load_model, save_model
-    from yoloprune.data.datasets import load_detection_set
+    from yoloprune.adapters import Loaded, save_model
     from yoloprune.evaluate.coco import evaluate
 
     out, data = Path(args.output), Path(args.data)
-    out.mkdir(parents=True, exist_ok=True)
-    base = load_model(args.model).model
-    x = torch.zeros(1, 3, args.imgsz, args.imgsz)
-    calib_dir = Path(load_detection_set(data, "train").images[0]).parent
-    unpruned = evaluate(base, data, imgsz=args.imgsz).map50_95
+    begin = start(args.model, data, out, args.imgsz)
+    base, x, calib_dir, unpruned = begin.base, begin.x, begin.calib, begin.unpruned
     rows = [{"start": "unpruned", "map50_95": unpruned}]
     print(json.dumps(rows[-1]), flush=True)
     for pair in args.starts.split(","):
