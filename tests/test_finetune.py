@@ -366,3 +366,19 @@ def test_the_command_line_is_quiet_unless_verbose(pair, data, tmp_path):
     assert "epoch 1/1: loss" in quiet and "epoch 2/1" not in quiet
     assert "Ultralytics" not in quiet and "━" not in quiet and len(quiet) < 3000
     assert "Ultralytics" in verbose and len(verbose) > 3 * len(quiet)
+
+
+def test_an_end_to_end_head_distils_both_branches():
+    """YOLO26/YOLOv10 heads: the one-to-one branch (what --end2end exports) is distilled as well as one-to-many."""
+    from yoloprune.train.kd import head_kd
+
+    g = torch.Generator().manual_seed(1)
+
+    def branch():
+        return {"boxes": torch.randn(2, 64, 10, generator=g), "scores": torch.randn(2, 3, 10, generator=g)}
+
+    s = {"one2many": branch(), "one2one": branch()}
+    t = {"one2many": branch(), "one2one": branch()}
+    both = head_kd(s, t)
+    assert torch.allclose(both, head_kd(s["one2many"], t["one2many"]) + head_kd(s["one2one"], t["one2one"]))
+    assert float(head_kd(s["one2one"], t["one2one"])) > 0

@@ -18,22 +18,34 @@ if TYPE_CHECKING:
     from yoloprune.adapters import Adapter
 
 
-def _branch(preds: Any) -> dict[str, torch.Tensor]:
-    """The raw head outputs of an ultralytics model in train mode (one-to-many branch for end-to-end heads)."""
+def _branches(preds: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """The raw head outputs of an ultralytics model in train mode, by branch: ``one2many`` and ``one2one`` for
+    end-to-end heads (YOLO26, YOLOv10), a single ``""`` branch otherwise."""
     if isinstance(preds, (tuple, list)) and len(preds) == 2 and isinstance(preds[1], dict):
         preds = preds[1]  # eval mode: (decoded, raw)
-    if isinstance(preds, dict) and "one2many" in preds:
-        preds = preds["one2many"]
-    if not isinstance(preds, dict) or "scores" not in preds or "boxes" not in preds:
+    branches = {k: preds[k] for k in ("one2many", "one2one") if k in preds} if isinstance(preds, dict) else {}
+    branches = branches or {"": preds}
+    if not all(isinstance(b, dict) and "scores" in b and "boxes" in b for b in branches.values()):
         raise ValueError("expected ultralytics head outputs with 'boxes' and 'scores'")
-    return preds
+    return branches
 
 
 def head_kd(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tensor:
-    """Distillation between two ultralytics heads' raw outputs: BCE of the student's class logits against the
-    teacher's probabilities (only when both predict the same classes), and KL divergence between their box
-    distributions (DFL bins; MSE when the head regresses boxes directly)."""
-    s, t = _branch(student), _branch(teacher)
+    """Distillation between two ultralytics heads' raw outputs, summed over the branches both have (an end-to-end
+    head's one-to-many and one-to-one, whose NMS-free outputs are what ``export --end2end`` ships)."""
+    s, t = _branches(student), _branches(teacher)
+    shared = [k for k in s if k in t]
+    if not shared:
+        raise ValueError("the student's and the teacher's heads have no branch in common")
+    return sum(
+        (_branch_kd(s[k], t[k], temperature) for k in shared), torch.zeros((), device=s[shared[0]]["scores"].device)
+    )
+
+
+def _branch_kd(s: dict[str, torch.Tensor], t: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """One branch: BCE of the student's class logits against the teacher's probabilities (only when both predict
+    the same classes), and KL divergence between their box distributions (DFL bins; MSE when the head regresses
+    boxes directly)."""
     s_cls, t_cls = s["scores"].float(), t["scores"].float().detach()
     if s_cls.shape == t_cls.shape:
         cls = F.binary_cross_entropy_with_logits(s_cls / temperature, (t_cls / temperature).sigmoid())
