@@ -123,7 +123,9 @@ def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) 
     select = target.outputs or (lambda o: o)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: heads cache grids made here (YOLOv5/v7 anchor grids), and a network validated
+        # between training epochs would then meet inference tensors in its next training forward
+        with torch.no_grad():
             return tensors_in(select(net(x.to(next(net.parameters()).device))))[0].float().cpu()
 
     return Runner(run, layout, nc, adapter.PREPROCESS)
