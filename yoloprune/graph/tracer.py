@@ -25,10 +25,6 @@ from yoloprune.graph.records import Call, Member, OutputSelector, SplitRecord, T
 from yoloprune.graph.registry import Policy, policy_for
 from yoloprune.graph.slots import Labels, Slots, spread, uniform
 
-SHAPE_KEEPING = (torch.nn.functional.batch_norm, torch.batch_norm)
-"""Operations whose meta result the tracer makes itself (a tensor like the input): their meta kernels run through
-decompositions that import ``torch._dynamo``, about 1.7 s of a fresh process's first trace."""
-
 
 def meta_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose parameters and buffers are empty ``meta`` tensors (no weights are copied)."""
@@ -196,10 +192,7 @@ class Tracer(TorchFunctionMode):
             return func(*args, **kwargs)
         if self.meta:
             args, kwargs = self._meta_args(args, kwargs)
-        if self.meta and func in SHAPE_KEEPING and args and isinstance(args[0], torch.Tensor):
-            out = torch.empty_like(args[0])
-        else:
-            out = func(*args, **kwargs)
+        out = func(*args, **kwargs)
         if handler is None and not tensors_in(out):
             return out
         self.ops += 1
