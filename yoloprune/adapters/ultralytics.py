@@ -314,7 +314,8 @@ def nms_layout(net: nn.Module) -> tuple[str, int]:
 
 def classes(net: nn.Module) -> int:
     """How many classes the head predicts."""
-    head = _network(net).model[-1] if isinstance(getattr(_network(net), "model", None), nn.Sequential) else None
+    net = _network(net)
+    head = net.model[-1] if isinstance(getattr(net, "model", None), nn.Sequential) else None
     if head is None or not hasattr(head, "nc"):
         raise ValueError(f"{type(net).__name__} has no head with classes")
     return int(head.nc)

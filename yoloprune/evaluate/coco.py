@@ -97,6 +97,7 @@ class Runner:
     nc: int
     preprocess: Preprocess
     batch_limit: int | None = None
+    net: torch.nn.Module | None = None  # the PyTorch network it runs (None for ONNX files)
 
 
 def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) -> Runner:
@@ -128,7 +129,7 @@ def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) 
         with torch.no_grad():
             return tensors_in(select(net(x.to(next(net.parameters()).device))))[0].float().cpu()
 
-    return Runner(run, layout, nc, adapter.PREPROCESS)
+    return Runner(run, layout, nc, adapter.PREPROCESS, net=net)
 
 
 def _onnx_runner(path: Path, imgsz: int | None = None) -> Runner:
@@ -210,8 +211,8 @@ def evaluate(
     map50_95, map50 = coco_map(dataset, results, [i for _, i in items])
     name = model if isinstance(model, (str, Path)) else type(model).__name__
     task = {}
-    if task_of(model) in ("segment", "pose") and not isinstance(data, DetectionSet) and max_images is None:
-        task = task_metrics(model, data, imgsz=imgsz, batch=batch, split=split)
+    if task_of(runner.net) in ("segment", "pose") and not isinstance(data, DetectionSet) and max_images is None:
+        task = task_metrics(runner.net, data, imgsz=imgsz, batch=batch, split=split)
     return EvalResult(
         map50_95, map50, len(items), len(results), time.perf_counter() - start, str(name), dataset.source, imgsz, task
     )

@@ -1,52 +1,39 @@
 """The metrics a task adds to boxes (mask mAP for segmentation, keypoint mAP for pose), from ultralytics' own
-validators: ``evaluate`` reports them beside pycocotools' box mAP for ultralytics segment, pose and OBB models."""
+validators: ``evaluate`` reports them beside pycocotools' box mAP for ultralytics segment and pose models."""
 
 from __future__ import annotations
 
 import copy
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 SUFFIXES = {"M": "mask", "P": "pose", "B": "box"}  # ultralytics' metric suffixes
 
 
-def task_of(model: Any) -> str | None:
-    """The ultralytics task of a model or checkpoint path (``detect``, ``segment``, ...); None for other families,
-    ONNX files and configs."""
+def task_of(net: nn.Module | None) -> str | None:
+    """The ultralytics task of a network (``detect``, ``segment``, ...); None for other families and for none."""
     from yoloprune.adapters import family_of_model
 
-    if isinstance(model, (str, Path)):
-        if Path(model).suffix != ".pt":
-            return None
-        from yoloprune.adapters.detect import guess_family
-
-        if (guess_family(str(model)) or "ultralytics") != "ultralytics":
-            return None
-        from yoloprune.train.ultralytics_trainer import read_checkpoint
-
-        model = read_checkpoint(model)[0]
-    if not isinstance(model, nn.Module) or family_of_model(model) != "ultralytics":
+    if net is None or family_of_model(net) != "ultralytics":
         return None
     from ultralytics.nn.tasks import guess_model_task
 
     from yoloprune.adapters.ultralytics import _network
 
-    return guess_model_task(_network(model))
+    return guess_model_task(_network(net))
 
 
-def task_metrics(model: Any, data: str | Path, *, imgsz: int, batch: int, split: str = "val") -> dict[str, float]:
+def task_metrics(net: nn.Module, data: str | Path, *, imgsz: int, batch: int, split: str = "val") -> dict[str, float]:
     """mAP50-95 and mAP50 of the task's own outputs (``mask_map50_95``, ``pose_map50``, ...) by the task's ultralytics
-    validator on a data yaml; the model is read through yoloprune's loader and nothing is written outside a
-    temporary folder (label caches included)."""
+    validator on a data yaml, for a copy of ``net``; nothing is written outside a temporary folder (label caches
+    included)."""
     from yoloprune.adapters.packages import quiet
     from yoloprune.adapters.ultralytics import _network, task_validator
     from yoloprune.train.label_cache import label_cache_in
-    from yoloprune.train.ultralytics_trainer import read_checkpoint
 
-    net = read_checkpoint(model)[0] if isinstance(model, (str, Path)) else copy.deepcopy(_network(model)).float()
+    net = copy.deepcopy(_network(net)).float()
     args = {"data": str(data), "imgsz": imgsz, "batch": batch, "split": split, "device": "cpu", "workers": 0}
     with tempfile.TemporaryDirectory() as folder:
         validator = task_validator(net)(

@@ -83,7 +83,7 @@ def decoded_kd(
     weight = t_p.max(-1, keepdim=True).values
     if teacher_nc != nc:
         s_p, t_p = s_p[..., :objectness], t_p[..., :objectness]
-    probs = F.binary_cross_entropy(s_p.clamp(1e-6, 1 - 1e-6), t_p.clamp(0, 1)) if objectness or teacher_nc == nc else 0
+    probs = F.binary_cross_entropy(s_p.clamp(1e-6, 1 - 1e-6), t_p.clamp(0, 1)) if s_p.shape[-1] else 0
     box = ((s_box - t_box).abs() / imgsz * weight).sum() / weight.sum().clamp_min(1e-6)
     return probs + box
 

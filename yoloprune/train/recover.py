@@ -265,11 +265,12 @@ def _finetune_ultralytics(
     last = out / "weights" / "last.pt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-    for path in (last,) if resume else (model, teacher):
-        if isinstance(path, (str, Path)):
-            read_checkpoint(path)  # refused here, before anything is written or handed to the trainer
+    # every file is read (and refused, when it must be) here, before anything is written or handed to the trainer
+    read = [
+        read_checkpoint(p)[0] if isinstance(p, (str, Path)) else None for p in ((last,) if resume else (model, teacher))
+    ]
     if resume:
-        net = read_checkpoint(last)[0]
+        net = read[0]
         recorded = saved.get("teacher")
         teacher = _resumed_teacher(recorded, teacher)
         teacher = _ultralytics_module(teacher) if isinstance(teacher, nn.Module) else teacher
@@ -291,7 +292,7 @@ def _finetune_ultralytics(
         }
     else:
         student = _ultralytics_module(model)
-        net = read_checkpoint(student)[0] if isinstance(student, Path) else student
+        net = read[0] if read[0] is not None else student
         if (transferred := with_classes(net, "ultralytics", names)) is not net:
             student = transferred
         teacher = _ultralytics_module(teacher) if teacher is not None else None

@@ -132,13 +132,6 @@ def _row(name: str, checkpoint: Path, data: Path, s: Settings, onnx: Path | None
     return Row(name, m.params, m.macs, m.map50_95, m.map50, m.latency_ms, str(onnx or checkpoint))
 
 
-MODELS = (
-    "yolov8n",
-    "yolo11n",
-    "yolo26n",
-)  # the detectors the demo is measured with; any ultralytics detect config runs
-
-
 def demo(out: str | Path = "runs/demo", quick: bool = False, model: str = "yolov8n") -> list[Row]:
     """Run the demo into ``out`` with ``model`` (an ultralytics detector's config name: ``yolov8n``, ``yolo11n``,
     ``yolo26n``...); returns the rows of the final table (baseline, baseline trained as long as the fine-tune,
