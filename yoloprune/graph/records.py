@@ -63,6 +63,21 @@ class Trace:
     macs: int
     weighted_macs: dict[str, int] = field(default_factory=dict)  # weight name -> MACs of the calls that used it
     numels: dict[str, int] = field(default_factory=dict)  # parameter name -> element count
+    convs: dict[str, list[ConvCall]] = field(default_factory=dict)  # conv2d weight name -> its calls
+
+
+@dataclass(frozen=True)
+class ConvCall:
+    """The geometry of one 2-d convolution call at full width: what a latency model needs to time it alone."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    size: tuple[int, int]  # input height and width
 
 
 @dataclass

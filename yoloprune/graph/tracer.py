@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from yoloprune.graph.macs import COUNTERS, meta_args, op_macs
 from yoloprune.graph.nest import map_tensors as _map_tensors
 from yoloprune.graph.nest import tensors_in
-from yoloprune.graph.records import Call, Member, OutputSelector, SplitRecord, Trace, TraceError
+from yoloprune.graph.records import Call, ConvCall, Member, OutputSelector, SplitRecord, Trace, TraceError
 from yoloprune.graph.registry import Policy, policy_for
 from yoloprune.graph.slots import Labels, Slots, spread, uniform
 
@@ -33,6 +33,32 @@ def meta_copy(model: nn.Module) -> nn.Module:
         m = torch.empty_like(t, device="meta")
         memo[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
     return copy.deepcopy(model, memo)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[-1]))
+
+
+def conv_call(args: tuple, kwargs: dict) -> ConvCall:
+    """The geometry of a ``conv2d(input, weight, bias, stride, padding, dilation, groups)`` call."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    given = {**dict(zip(names, args)), **kwargs}
+    x, weight = given["input"], given["weight"]
+    kernel = (int(weight.shape[2]), int(weight.shape[3]))
+    dilation = _pair(given.get("dilation", 1))
+    padding = given.get("padding", 0)
+    if isinstance(padding, str):  # "valid" or "same" (stride 1)
+        padding = (0, 0) if padding == "valid" else tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+    return ConvCall(
+        in_channels=int(x.shape[-3]),
+        out_channels=int(weight.shape[0]),
+        kernel=kernel,
+        stride=_pair(given.get("stride", 1)),
+        padding=_pair(padding),
+        dilation=dilation,
+        groups=int(given.get("groups", 1)),
+        size=(int(x.shape[-2]), int(x.shape[-1])),
+    )
 
 
 class Tracer(TorchFunctionMode):
@@ -63,6 +89,7 @@ class Tracer(TorchFunctionMode):
         self.ops = 0
         self.macs = 0
         self.weighted_macs: dict[str, int] = {}
+        self.convs: dict[str, list[ConvCall]] = {}
         self.ignore = tuple(ignore)
         self.policies = policies
         self.names: dict[int, str] = {}
@@ -203,6 +230,8 @@ class Tracer(TorchFunctionMode):
             name = self.names.get(id(weight)) if isinstance(weight, torch.Tensor) else None
             if name is not None:
                 self.weighted_macs[name] = self.weighted_macs.get(name, 0) + macs
+                if func is torch.nn.functional.conv2d:
+                    self.convs.setdefault(name, []).append(conv_call(args, kwargs))
         call = Call(func, args, kwargs, out)
         if handler is None:
             self.unhandled(call)
@@ -321,5 +350,6 @@ def trace(
             tracer.macs,
             tracer.weighted_macs,
             numels,
+            tracer.convs,
         )
     raise TraceError(f"the model cannot run on the example inputs: {errors[-1]}") from errors[-1]
