@@ -1,63 +1,146 @@
-"""Search the MACs fraction whose pruned model runs under a latency budget. The search wraps pruning and timing: it
-is handed a function that prunes a copy to a MACs fraction and one that times a model (``yoloprune.prune`` gives it
-onnxruntime on this machine), and calls neither by name."""
+"""Predict a pruned model's latency from a table of its convolutions' latencies over widths.
+
+Every traced 2-d convolution is timed alone (with its activation) over a grid of kept input and output widths by a
+function the caller gives (``yoloprune.export.latency_table`` times them with onnxruntime on this machine and caches
+them); between grid points the table is interpolated bilinearly, below the smallest in proportion to the width. What
+the table does not hold (post-processing, concatenations, reordering) is a constant ``overhead``, which the caller
+sets from one measurement of the whole model. Knows no runtime: it is handed ``measure`` and calls nothing by name.
+"""
 
 from __future__ import annotations
 
-import copy
+import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, replace
 
-from torch import nn
+import numpy as np
 
-from yoloprune.graph.surgery import PruneError
-from yoloprune.pruning.select import UnreachableTarget
+from yoloprune.graph import Graph
+from yoloprune.graph.records import ConvCall
+
+GRID = (0.25, 0.5, 0.75, 1.0)
+"""Fractions of each full width the table is measured at."""
+
+Measure = Callable[[ConvCall], float]
+"""Milliseconds of one convolution (and its activation) run alone."""
 
 
-def fraction_for_latency(
-    model: nn.Module,
-    example_inputs: Any,
-    target_ms: float,
-    imgsz: int | None,
-    threads: int,
-    prune_to: Callable[[nn.Module, float], Any],
-    measure: Callable[[nn.Module, int, int], float],
-    iterations: int = 6,
-) -> tuple[float, float]:
-    """The largest MACs fraction (least pruning) whose pruned copy measures at most ``target_ms``; returns the
-    fraction and its measured latency. ``prune_to(copy, fraction)`` prunes a copy to a MACs fraction;
-    ``measure(model, imgsz, threads)`` times one in milliseconds."""
-    from yoloprune.adapters import resolve
+def grid_widths(channels: int, quantum: int = 8) -> tuple[int, ...]:
+    """The widths a layer of ``channels`` is timed at: ``GRID`` fractions rounded up to multiples of ``quantum``
+    (runtimes block channels by 8 or 16; 1 for narrow layers)."""
+    q = quantum if channels >= 2 * quantum else 1
+    return tuple(sorted({min(channels, max(1, q * math.ceil(f * channels / q))) for f in GRID}))
 
-    imgsz = imgsz or int(example_inputs.shape[-1])
-    base = resolve(model).module
-    unpruned = measure(base, imgsz, threads)
-    if unpruned <= target_ms:
-        raise PruneError(f"the model already runs in {unpruned:.1f} ms <= {target_ms} ms; nothing to prune")
 
-    def probe_at(fraction: float) -> float:
-        probe = copy.deepcopy(base)
-        prune_to(probe, fraction)
-        return measure(probe, imgsz, threads)
+def _interp(x: float, xs: tuple[int, ...], ys: np.ndarray) -> float:
+    if x <= 0:
+        return 0.0
+    if x < xs[0]:
+        return float(ys[0]) * x / xs[0]
+    return float(np.interp(x, xs, ys))
 
-    lo, hi = 0.05, 1.0
-    try:
-        fastest = probe_at(lo)
-    except UnreachableTarget as exc:
-        lo = exc.reached + 0.005
-        fastest = probe_at(lo)
-    if fastest > target_ms:
-        raise PruneError(
-            f"even at {lo:.0%} of the MACs (the most it can be pruned) the model runs in {fastest:.1f} ms "
-            f"> {target_ms} ms"
-        )
-    best = (lo, fastest)
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        ms = probe_at(mid)
-        if ms <= target_ms:
-            best = (mid, ms)
-            lo = mid
-        else:
-            hi = mid
-    return best
+
+@dataclass
+class Layer:
+    """One convolution weight: its calls at full width, the components of its output and input channels, and its
+    latency table over ``(ins, outs)`` widths (summed over its calls)."""
+
+    name: str
+    calls: list[ConvCall]
+    out_comps: np.ndarray
+    in_comps: np.ndarray | None  # None: depthwise (the input is the output's channels)
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    table: np.ndarray
+
+    @property
+    def depthwise(self) -> bool:
+        return self.in_comps is None
+
+    def ms(self, kept_in: float, kept_out: float) -> float:
+        """Interpolated milliseconds at these kept widths."""
+        if self.depthwise:
+            return _interp(kept_out, self.outs, self.table[0])
+        rows = np.array([_interp(kept_out, self.outs, row) for row in self.table])
+        return _interp(kept_in, self.ins, rows)
+
+
+def _at(call: ConvCall, cin: int, cout: int, depthwise: bool) -> ConvCall:
+    """``call`` with these widths (a grouped convolution keeps its groups; a depthwise one has one per channel)."""
+    if depthwise:
+        mult = max(call.out_channels // max(call.in_channels, 1), 1)
+        return replace(call, in_channels=max(cout // mult, 1), out_channels=cout, groups=max(cout // mult, 1))
+    return replace(call, in_channels=cin, out_channels=cout)
+
+
+def _scaled(call: ConvCall, scale: float) -> ConvCall:
+    return replace(call, size=tuple(max(1, round(s * scale)) for s in call.size)) if scale != 1 else call
+
+
+@dataclass
+class LatencyBudget:
+    """How a prune meets or ranks by latency: ``model_for`` builds the latency model of each traced graph;
+    ``fraction`` is the share of its predicted latency to keep (None: the settings' own goal, ranked by cost)."""
+
+    model_for: Callable[[Graph], LatencyModel]
+    fraction: float | None = None
+
+
+class LatencyModel:
+    """Milliseconds a pruned version of ``graph``'s model would take: ``overhead`` plus every convolution's table at
+    its kept widths. ``scale`` times the layers at another input size (the latency size over the traced one)."""
+
+    def __init__(
+        self, graph: Graph, measure: Measure, *, overhead: float = 0.0, scale: float = 1.0, quantum: int = 8
+    ) -> None:
+        self.graph = graph
+        self.overhead = overhead
+        comps = {(m.name, m.dim): c for m, c in zip(graph.members, graph.member_comps) if not m.is_buffer}
+        self.layers: list[Layer] = []
+        for name, calls in graph.trace.convs.items():
+            calls = [_scaled(c, scale) for c in calls]
+            first = calls[0]
+            out_comps = comps.get((name, 0), np.zeros(0, dtype=np.int64))
+            depthwise = first.groups > 1 and first.groups == first.in_channels
+            in_comps = None if depthwise else comps.get((name, 1), np.zeros(0, dtype=np.int64))
+            outs = grid_widths(first.out_channels, quantum)
+            ins = (first.in_channels,) if depthwise else grid_widths(first.in_channels, quantum)
+            if not depthwise and first.groups > 1:  # each group keeps the same input positions: whole groups' worth
+                ins = tuple(sorted({max(first.groups, first.groups * round(w / first.groups)) for w in ins}))
+            table = np.array(
+                [[sum(measure(_at(c, cin, cout, depthwise)) for c in calls) for cout in outs] for cin in ins]
+            )
+            self.layers.append(Layer(name, calls, out_comps, in_comps, ins, outs, table))
+        self._by_comp: dict[int, list[int]] = {}
+        for i, layer in enumerate(self.layers):
+            touched = layer.out_comps if layer.in_comps is None else np.concatenate([layer.out_comps, layer.in_comps])
+            for c in np.unique(touched):
+                self._by_comp.setdefault(int(c), []).append(i)
+
+    def widths(self, layer: Layer, removed: np.ndarray) -> tuple[float, float]:
+        """Kept input and output channels of ``layer`` with the flagged components removed."""
+        first = layer.calls[0]
+        out = first.out_channels - int(removed[layer.out_comps].sum()) if layer.out_comps.size else first.out_channels
+        if layer.in_comps is None:
+            return out, out
+        if not layer.in_comps.size:
+            return first.in_channels, out
+        per_group = first.in_channels // first.groups  # the weight's input dimension holds one group's positions
+        kept = per_group - int(removed[layer.in_comps].sum()) * per_group // max(layer.in_comps.size, 1)
+        return kept * first.groups, out
+
+    def layer_ms(self, i: int, removed: np.ndarray) -> float:
+        layer = self.layers[i]
+        return layer.ms(*self.widths(layer, removed))
+
+    def predict(self, removed: np.ndarray | None = None) -> float:
+        """Predicted milliseconds with the flagged components removed (none: the model as it is)."""
+        removed = np.zeros(self.graph.num_comps, dtype=bool) if removed is None else removed
+        return self.overhead + sum(self.layer_ms(i, removed) for i in range(len(self.layers)))
+
+    def layers_touching(self, comps: np.ndarray) -> list[int]:
+        """Indices of the layers whose input or output holds any of ``comps``."""
+        return sorted({i for c in np.unique(comps) for i in self._by_comp.get(int(c), ())})
+
+
+__all__ = ["GRID", "LatencyBudget", "LatencyModel", "Layer", "Measure", "grid_widths"]

@@ -22,6 +22,7 @@ from yoloprune.graph.smoke import smoke_test
 from yoloprune.graph.surgery import PruneError, Removal, Snapshot, remove_channels
 from yoloprune.options import AUTO_CRITERIA, COMPARABLE
 from yoloprune.pruning.importance import channel_scores, check_scores
+from yoloprune.pruning.latency import LatencyBudget
 from yoloprune.pruning.select import Goal, Selection, choose, goal_for_step
 from yoloprune.pruning.settings import PruneSettings
 
@@ -93,15 +94,21 @@ def prune(
     policies: Mapping[Any, Policy] | None = None,
     calib_batches: Sequence[Any] | None = None,
     after_step: AfterStep | None = None,
+    latency: LatencyBudget | None = None,
 ) -> PruneReport:
     """Remove channels from ``model`` in place by ratio or MACs/params target and return what changed.
     ``calib_batches`` (image tensors) feed the ``recon`` importance. ``after_step(pruned, before, removal)`` runs
     after every step with the network as it was before that step (calibration refits against it), before
-    ``between_steps``. ``yoloprune.prune`` is the public entry: it builds ``settings`` from keywords and adds latency
-    targets."""
-    if settings.target_latency_ms is not None:
+    ``between_steps``. ``latency`` ranks channels per predicted millisecond (``settings.cost``) or, with its
+    ``fraction``, prunes to that share of the predicted latency. ``yoloprune.prune`` is the public entry: it builds
+    ``settings`` from keywords and turns a latency target in milliseconds into a measured ``latency``."""
+    if settings.target_latency_ms is not None and (latency is None or latency.fraction is None):
         raise ValueError("a latency target is met by yoloprune.prune, which times candidates with onnxruntime")
-    return _prune(model, example_inputs, settings, taylor_loss, between_steps, policies, calib_batches, after_step)
+    if settings.cost == "latency" and latency is None:
+        raise ValueError("cost='latency' ranks by a latency table; yoloprune.prune measures one with onnxruntime")
+    return _prune(
+        model, example_inputs, settings, taylor_loss, between_steps, policies, calib_batches, after_step, latency
+    )
 
 
 def _prune(
@@ -113,6 +120,7 @@ def _prune(
     policies: Mapping[Any, Policy] | None,
     calib_batches: Sequence[Any] | None = None,
     after_step: AfterStep | None = None,
+    latency: LatencyBudget | None = None,
 ) -> PruneReport:
     """Prune in ``s.steps`` steps: each scores, chooses and applies (the exactness check right after, when asked),
     then ``after_step``; then the report."""
@@ -127,15 +135,23 @@ def _prune(
     before: tuple[int, int] | None = None
     for step in range(1, s.steps + 1):
         target = resolve(model, family=s.family, prune_head=s.prune_head)
-        goal = (
-            Goal(units=s.unit_ratios, by=s.units_by)
-            if s.unit_ratios
-            else goal_for_step(step, s.steps, s.ratio, s.target_macs, s.target_params)
-        )
+        if s.unit_ratios:
+            goal = Goal(units=s.unit_ratios, by=s.units_by)
+        elif latency is not None and latency.fraction is not None:
+            goal = goal_for_step(step, s.steps, None, None, None, latency.fraction)
+        else:
+            goal = goal_for_step(step, s.steps, s.ratio, s.target_macs, s.target_params)
         protected = tuple(n for n in (first_layer(target.module),) if s.protect_first and n)
         unpruned = copy.deepcopy(target.module) if after_step is not None else None
         removal, graph, selection, macs_after, notes = _apply(
-            target, example_inputs, goal, _scorer(s, taylor_loss, calib_batches), (*s.ignore, *protected), policies, s
+            target,
+            example_inputs,
+            goal,
+            _scorer(s, taylor_loss, calib_batches),
+            (*s.ignore, *protected),
+            policies,
+            s,
+            latency,
         )
         before = before or (graph.trace.macs, int(sum(graph.trace.numels.values())))
         _accumulate(totals, removal, selection, notes)
@@ -187,6 +203,7 @@ def _apply(
     ignore: tuple[str, ...],
     policies: Mapping[Any, Policy] | None,
     s: PruneSettings,
+    latency: LatencyBudget | None = None,
 ) -> tuple[Removal, Any, Selection, int, list[str]]:
     """One step on the current model: trace, score, choose, remove; retried with a module's inputs and outputs
     frozen when the pruned forward breaks there."""
@@ -200,7 +217,15 @@ def _apply(
             net, example_inputs, outputs=target.outputs, ignore=ignore, policies=policies, frozen_io=frozen_io
         )
         selection, chosen = choose(
-            graph, scorer(net, graph), goal, s.global_ranking, s.max_ratio, s.round_to, s.importance in COMPARABLE
+            graph,
+            scorer(net, graph),
+            goal,
+            s.global_ranking,
+            s.max_ratio,
+            s.round_to,
+            s.importance in COMPARABLE,
+            latency=latency.model_for(graph) if latency is not None else None,
+            cost=s.cost,
         )
         notes.extend(chosen)
         snapshot = Snapshot(net)

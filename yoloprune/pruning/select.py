@@ -6,6 +6,7 @@ ratios or thresholds takes milliseconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,8 @@ import numpy as np
 
 from yoloprune.graph import Graph
 from yoloprune.graph.surgery import PruneError
+from yoloprune.pruning.knapsack import conv_macs, greedy
+from yoloprune.pruning.latency import LatencyModel
 
 
 @dataclass
@@ -181,6 +184,28 @@ def search(
     return best
 
 
+def _check_reached(
+    graph: Graph,
+    goal: Goal,
+    selection: Selection,
+    latency: LatencyModel | None,
+    max_ratio: float,
+    round_to: int,
+    notes: list[str],
+) -> None:
+    """Refuse a selection more than 2% above its goal; note one that landed more than 2% away."""
+    value = _metric(graph, goal.metric, latency)
+    got = value(selection.removed) / max(value(None), 1e-12)
+    if got > goal.fraction + 0.02:
+        raise UnreachableTarget(
+            f"cannot reach {goal.metric} {goal.fraction:.3f} of the original: {got:.3f} is the least "
+            f"possible with max_ratio {max_ratio} and the frozen layers; raise the target or --max-ratio",
+            got,
+        )
+    if abs(got - goal.fraction) > 0.02:
+        notes.append(f"{goal.metric} target {goal.fraction:.3f} of this step landed at {got:.3f} (round_to={round_to})")
+
+
 class UnreachableTarget(PruneError):
     """A MACs/params target below what the frozen layers and ``max_ratio`` allow; ``reached`` is the least possible."""
 
@@ -191,8 +216,8 @@ class UnreachableTarget(PruneError):
 
 @dataclass
 class Goal:
-    """What one step aims at: a uniform ratio, per-unit ratios, or a MACs/params fraction of the model the step
-    starts from."""
+    """What one step aims at: a uniform ratio, per-unit ratios, or a MACs/params/latency fraction of the model the
+    step starts from."""
 
     ratio: float | None = None
     metric: str = "macs"
@@ -201,14 +226,50 @@ class Goal:
     by: str = "stage"
 
 
-def goal_for_step(step: int, steps: int, ratio: float | None, macs: float | None, params: float | None) -> Goal:
+def goal_for_step(
+    step: int, steps: int, ratio: float | None, macs: float | None, params: float | None, latency: float | None = None
+) -> Goal:
     """Step ``step`` of ``steps``: an equal share of the way, as a fraction of the model the step starts from."""
     if ratio is not None:
         return Goal(ratio=1 - (1 - ratio) ** (1 / steps))
-    metric, total = ("macs", macs) if macs is not None else ("params", params)
+    metric, total = next((m, t) for m, t in (("macs", macs), ("params", params), ("latency", latency)) if t is not None)
     before = 1 - (1 - total) * (step - 1) / steps
     after = 1 - (1 - total) * step / steps
     return Goal(metric=metric, fraction=after / before)
+
+
+def _metric(graph: Graph, metric: str, latency: LatencyModel | None) -> Callable[[np.ndarray | None], float]:
+    """The value a goal is measured in, for a selection (None: nothing removed)."""
+    nothing = np.zeros(graph.num_comps, dtype=bool)
+    if metric == "latency":
+        if latency is None:
+            raise ValueError("a latency goal needs a latency model")
+        return lambda removed: latency.predict(nothing if removed is None else removed)
+    index = 0 if metric == "macs" else 1
+    return lambda removed: graph.estimate(nothing if removed is None else removed)[index]
+
+
+def by_cost(
+    graph: Graph,
+    scores: np.ndarray,
+    goal: Goal,
+    cost: LatencyModel,
+    latency: LatencyModel | None,
+    max_ratio: float,
+    round_to: int,
+    comparable: bool,
+) -> Selection:
+    """Global ranking by importance lost per unit of ``cost`` saved (``knapsack.greedy``) up to ``goal``: a MACs,
+    params or ``latency``-predicted fraction, or the MACs a uniform ``ratio`` would leave."""
+    if goal.ratio is not None:
+        uniform = finish(graph, scores, uniform_counts(graph, goal.ratio, max_ratio), round_to)
+        goal = Goal(metric="macs", fraction=uniform.macs / max(graph.trace.macs, 1))
+    value = _metric(graph, goal.metric, latency)
+    limit = goal.fraction * value(None)
+    ranked = scores.astype(float) if comparable else normalise(graph, scores)
+    reached = lambda removed: value(removed) <= limit  # noqa: E731
+    counts = greedy(graph, scores, ranked, cost, reached, max_ratio=max_ratio, round_to=round_to)
+    return finish(graph, scores, counts, round_to)
 
 
 def choose(
@@ -219,12 +280,21 @@ def choose(
     max_ratio: float,
     round_to: int,
     comparable: bool = False,
+    latency: LatencyModel | None = None,
+    cost: str = "macs",
 ) -> tuple[Selection, list[str]]:
     """The channels to remove for ``goal`` (and notes on where a target landed); refuses an unreachable target.
-    ``comparable`` scores (``recon``) are ranked globally per MAC rather than per group."""
+    ``comparable`` scores (``recon``) are ranked globally per MAC rather than per group. With a ``latency`` model,
+    latency goals are predicted by it, and every goal but per-unit ratios is met by ranking channels globally per
+    unit of ``cost`` saved: "latency" (the model's milliseconds) or "macs"."""
     notes: list[str] = []
     if goal.units is not None:
         selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
+    elif latency is not None:
+        ranking = latency if cost == "latency" else LatencyModel(graph, conv_macs)
+        selection = by_cost(graph, scores, goal, ranking, latency, max_ratio, round_to, comparable)
+        if goal.fraction is not None:
+            _check_reached(graph, goal, selection, latency, max_ratio, round_to, notes)
     elif goal.ratio is not None:
         selection = finish(graph, scores, uniform_counts(graph, goal.ratio, max_ratio), round_to)
         if global_ranking:
@@ -249,18 +319,7 @@ def choose(
             round_to=round_to,
             comparable=comparable,
         )
-        base = graph.trace.macs if goal.metric == "macs" else sum(graph.trace.numels.values())
-        got = (selection.macs if goal.metric == "macs" else selection.params) / max(base, 1)
-        if got > goal.fraction + 0.02:
-            raise UnreachableTarget(
-                f"cannot reach {goal.metric} {goal.fraction:.3f} of the original: {got:.3f} is the least "
-                f"possible with max_ratio {max_ratio} and the frozen layers; raise the target or --max-ratio",
-                got,
-            )
-        if abs(got - goal.fraction) > 0.02:
-            notes.append(
-                f"{goal.metric} target {goal.fraction:.3f} of this step landed at {got:.3f} (round_to={round_to})"
-            )
+        _check_reached(graph, goal, selection, None, max_ratio, round_to, notes)
     if selection.rounded or selection.too_small:
         notes.append(
             f"round_to={round_to}: rounded {selection.rounded} group counts; "

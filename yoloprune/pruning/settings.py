@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from yoloprune.options import AGGREGATES, CRITERIA, check_numbers
+from yoloprune.options import AGGREGATES, COSTS, CRITERIA, check_numbers
 
 AMOUNTS = ("ratio", "target_macs", "target_params", "target_latency_ms")
 """The ways to say how much to prune; at most one is given (``ratio=0.3`` when none is)."""
@@ -34,7 +34,8 @@ class PruneSettings:
     target_params: float | None = field(default=None, metadata={"types": _number(optional=True)})
     target_latency_ms: float | None = field(default=None, metadata={"types": _number(optional=True)})
     latency_imgsz: int | None = field(default=None, metadata={"types": (int, type(None))})
-    latency_threads: int = field(default=1, metadata={"types": (int,)})
+    latency_threads: int | None = field(default=None, metadata={"types": (int, type(None))})
+    cost: str | None = field(default=None, metadata={"types": (str, type(None))})
     unit_ratios: dict[str, float] | None = field(default=None, metadata={"types": (dict, type(None))})
     units_by: str = field(default="stage", metadata={"types": (str,)})
     importance: str | Callable[..., Any] = field(default="auto", metadata={"types": (str,)})
@@ -69,12 +70,20 @@ class PruneSettings:
         )
         for name in ("round_to", "steps", "latency_threads"):
             value = getattr(self, name)
+            if value is None and name == "latency_threads":  # every core this process may use
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if not callable(self.importance) and self.importance not in CRITERIA:
             raise ValueError(f"unknown importance {self.importance!r}; choose one of {', '.join(CRITERIA)}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"unknown aggregate {self.aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+        if self.cost is None:  # recorded as what it meant
+            self.cost = "latency" if self.target_latency_ms is not None else "macs"
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
+        if self.cost == "latency" and self.unit_ratios:
+            raise ValueError("cost='latency' ranks channels globally; unit_ratios fix each unit's ratio")
         if self.units_by not in UNITS:
             raise ValueError(f"units_by must be one of {', '.join(UNITS)}, got {self.units_by!r}")
         if not math.isfinite(self.tolerance) or self.tolerance <= 0:
@@ -87,7 +96,7 @@ class PruneSettings:
         """The settings a checkpoint stores (plain data: a custom importance is recorded as ``custom``)."""
         keep = (
             "ratio unit_ratios target_macs target_params target_latency_ms importance seed ignore global_ranking "
-            "max_ratio round_to aggregate normalize_layers steps protect_first prune_head"
+            "max_ratio round_to aggregate normalize_layers steps protect_first prune_head cost"
         ).split()
         out = {name: getattr(self, name) for name in keep}
         out["importance"] = self.importance if isinstance(self.importance, str) else "custom"

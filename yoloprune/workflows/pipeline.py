@@ -7,6 +7,8 @@ place (``default_teacher``), and a model is measured one way (``measure``).
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -15,9 +17,11 @@ from typing import Any
 
 from torch import nn
 
-from yoloprune.adapters import Loaded
+from yoloprune.adapters import Loaded, resolve
 from yoloprune.graph.plan import FORMAT
 from yoloprune.graph.registry import Policy
+from yoloprune.graph.surgery import PruneError
+from yoloprune.pruning.latency import LatencyBudget, LatencyModel
 from yoloprune.pruning.run import PruneReport
 from yoloprune.pruning.settings import PruneSettings
 
@@ -65,7 +69,9 @@ def prune(
     The options are those of ``PruneSettings`` (pass them as keywords, or one ``settings``):
     How much: ``ratio`` (each prunable group loses that fraction; default 0.3 when no target is given), or
     ``target_macs`` / ``target_params`` (a fraction of the original, reached within about 2%), or
-    ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``),
+    ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``,
+    default every core this process may use: predicted from a latency table of the model's convolutions, then
+    checked by timing the pruned model),
     or ``unit_ratios`` (a ratio per stage or group, e.g. from ``yoloprune sensitivity``; ``units_by``).
     Which: ``importance`` ranks channels ("auto": "recon" with ``calib``, else "l2"; "recon", the error a channel's
     removal leaves after calibration; "l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
@@ -73,8 +79,10 @@ def prune(
     ``aggregate`` (``normalize_layers`` first divides each member by its mean); ``global_ranking`` compares
     channels across groups, each group losing at most ``max_ratio``: "recon" scores per MAC saved (the default with
     ``calib``: fragile layers lose less), other scores normalised by their group's mean; False prunes every group by
-    the same fraction (the default without ``calib``). ``round_to`` keeps every pruned
-    group's channel count a multiple of N. ``steps`` > 1 prunes toward the target in that many steps, calling
+    the same fraction (the default without ``calib``). ``cost="latency"`` ranks globally by importance lost per
+    millisecond saved instead, from a latency table of the model's convolutions timed with onnxruntime on this
+    machine (cached per machine and thread count; the default with a latency target). ``round_to`` keeps every
+    pruned group's channel count a multiple of N. ``steps`` > 1 prunes toward the target in that many steps, calling
     ``between_steps(step, model)`` after each but the last (a short fine-tune); it may return False to stop early.
 
     What is kept: the family's outputs (recognised from its classes: ultralytics, YOLOv5, YOLOv7, YOLOX, or any
@@ -121,51 +129,112 @@ def _prune(
     calib_batches: list[Any] | None = None,
     after_step: Callable[..., None] | None = None,
 ) -> PruneReport:
-    """``pruning.run.prune``, or with a latency target a search over MACs fractions timed with onnxruntime (the
-    candidates uncalibrated; the chosen fraction pruned with ``after_step``)."""
+    """``pruning.run.prune``; with a latency cost or target, over a latency table of this model's convolutions timed
+    with onnxruntime on this machine (cached). A target is predicted, then checked by timing the pruned model whole:
+    when it measures over, the predicted share is scaled down by the miss and tried again on a fresh copy (the
+    candidates uncalibrated; the one that fits is pruned for real with ``after_step``)."""
     from yoloprune.pruning import run
 
-    if settings.target_latency_ms is None:
+    def prune(net: nn.Module, latency: LatencyBudget | None, final: bool) -> PruneReport:
         return run.prune(
-            model,
+            net,
             example_inputs,
             settings,
             taylor_loss=taylor_loss,
-            between_steps=between_steps,
+            between_steps=between_steps if final else None,
             policies=policies,
             calib_batches=calib_batches,
-            after_step=after_step,
+            after_step=after_step if final else None,
+            latency=latency,
         )
+
+    if settings.cost != "latency" and settings.target_latency_ms is None:
+        return prune(model, None, True)
     from yoloprune.export.bench import module_latency
-    from yoloprune.pruning.latency import fraction_for_latency
+    from yoloprune.export.latency_table import ConvTimer
+    from yoloprune.options import default_threads
 
-    def at(fraction: float) -> PruneSettings:
-        return replace(settings, target_latency_ms=None, target_macs=fraction)
+    if settings.latency_threads is None:
+        settings = replace(settings, latency_threads=default_threads())
+    traced = int(example_inputs.shape[-1])
+    imgsz = settings.latency_imgsz or traced
+    timer = ConvTimer(settings.latency_threads)
+    overhead: list[float] = []
 
-    fraction, latency_ms = fraction_for_latency(
-        model,
-        example_inputs,
-        settings.target_latency_ms,
-        settings.latency_imgsz,
-        settings.latency_threads,
-        lambda net, f: run.prune(
-            net, example_inputs, at(f), taylor_loss=taylor_loss, policies=policies, calib_batches=calib_batches
-        ),
-        module_latency,
+    def model_for(graph: Any) -> LatencyModel:
+        table = LatencyModel(graph, timer, scale=imgsz / traced)
+        if unpruned_ms is not None and not overhead:  # the original graph: what the table leaves out, measured
+            overhead.append(unpruned_ms - table.predict())
+        table.overhead = overhead[0] if overhead else 0.0
+        return table
+
+    target = settings.target_latency_ms
+    unpruned_ms = (
+        module_latency(resolve(model, settings.family, settings.prune_head).module, imgsz, settings.latency_threads)
+        if target
+        else None
     )
-    report = run.prune(
-        model,
-        example_inputs,
-        at(fraction),
-        taylor_loss=taylor_loss,
-        between_steps=between_steps,
-        policies=policies,
-        calib_batches=calib_batches,
-        after_step=after_step,
+    try:
+        if target is None:
+            return prune(model, LatencyBudget(model_for), True)
+        fraction, measured = _fit_latency(
+            model, target, unpruned_ms, imgsz, settings, lambda net, f: prune(net, LatencyBudget(model_for, f), False)
+        )
+        report = prune(model, LatencyBudget(model_for, fraction), True)
+    finally:
+        timer.save()
+    report.latency_ms = measured
+    predicted = fraction * unpruned_ms
+    report.settings["latency"] = {
+        "unpruned_ms": unpruned_ms,
+        "predicted_ms": predicted,
+        "measured_ms": measured,
+        "threads": settings.latency_threads,
+        "imgsz": imgsz,
+    }
+    report.notes.append(
+        f"latency at {imgsz}x{imgsz}, {settings.latency_threads} thread(s): {unpruned_ms:.1f} ms unpruned, "
+        f"{predicted:.1f} predicted, {measured:.1f} measured (target {target} ms)"
     )
-    report.settings = {**settings.record(), "latency_search_macs": fraction}
-    report.latency_ms = latency_ms
     return report
+
+
+def _fit_latency(
+    model: nn.Module,
+    target: float,
+    unpruned_ms: float,
+    imgsz: int,
+    settings: PruneSettings,
+    prune_copy: Callable[[nn.Module, float], Any],
+    tries: int = 4,
+) -> tuple[float, float]:
+    """The share of the predicted latency to prune to, and its measured milliseconds: start at the target's share of
+    the unpruned latency; scale by target / measured while a copy misses (or lands more than 3% under) it."""
+    from yoloprune.export.bench import module_latency
+
+    if unpruned_ms <= target:
+        raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
+    fraction = target / unpruned_ms
+    best: tuple[float, float] | None = None
+    closest = math.inf
+    for _ in range(tries):
+        probe = copy.deepcopy(model)
+        prune_copy(probe, fraction)
+        ms = module_latency(
+            resolve(probe, settings.family, settings.prune_head).module, imgsz, settings.latency_threads
+        )
+        closest = min(closest, ms)
+        if ms <= target and (best is None or ms > best[1]):
+            best = (fraction, ms)
+        if best is not None and ms >= 0.97 * target:
+            break
+        fraction = min(fraction * target / ms * (0.995 if ms > target else 1.0), 1.0)
+    if best is None:
+        raise PruneError(
+            f"cannot reach {target} ms: the fastest pruned copy measured {closest:.1f} ms at {imgsz}x{imgsz} "
+            f"with {settings.latency_threads} thread(s)"
+        )
+    return best
 
 
 def _calibration_batches(

@@ -1,0 +1,220 @@
+"""Latency-aware pruning: the latency model, the knapsack, the measured table and latency targets.
+
+No test times anything: the tables here hold MACs or made-up costs, and the whole-model clock counts MACs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize
+from torch import nn
+
+import yoloprune
+from yoloprune.adapters import resolve
+from yoloprune.adapters.ultralytics import from_config
+from yoloprune.graph import build
+from yoloprune.graph.records import ConvCall
+from yoloprune.pruning.knapsack import conv_macs
+from yoloprune.pruning.latency import LatencyBudget, LatencyModel, grid_widths
+from yoloprune.pruning.run import prune as run_prune
+from yoloprune.pruning.settings import PruneSettings
+
+X = torch.zeros(1, 3, 64, 64)
+
+
+def graph_of(net: nn.Module, x: torch.Tensor = X):
+    return build(net, x, outputs=resolve(net).outputs)
+
+
+def test_the_trace_records_each_convolutions_geometry():
+    net = from_config("yolov8n.yaml")
+    convs = graph_of(net).trace.convs
+    first = convs["model.0.conv.weight"]
+    assert first == [ConvCall(3, 16, (3, 3), (2, 2), (1, 1), (1, 1), 1, (64, 64))]
+    assert convs["model.1.conv.weight"][0].size == (32, 32)
+    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in net.modules())
+
+
+def test_grid_widths_round_up_to_the_runtimes_blocks():
+    assert grid_widths(64) == (16, 32, 48, 64)
+    assert grid_widths(100) == (32, 56, 80, 100)  # 25, 50, 75% rounded up to multiples of 8; the full width
+    assert grid_widths(12) == (3, 6, 9, 12)  # narrower than two blocks: every width may be used
+    assert grid_widths(1) == (1,)
+
+
+def test_a_table_of_macs_predicts_exactly_what_the_graph_counts():
+    """MACs are bilinear in the kept widths, so the interpolated table must equal the graph's own count."""
+    net = randomize(from_config("yolov8n.yaml"))
+    graph = graph_of(net)
+    table = LatencyModel(graph, conv_macs)
+    nothing = np.zeros(graph.num_comps, dtype=bool)
+    assert table.predict() == pytest.approx(graph.trace.macs / 1e6, rel=1e-9)
+    rng = np.random.default_rng(0)
+    removed = nothing.copy()
+    for g in graph.prunable_groups:
+        removed[rng.choice(g.comps, size=g.channels // 3, replace=False)] = True
+    assert table.predict(removed) == pytest.approx(graph.estimate(removed)[0] / 1e6, rel=1e-9)
+    assert table.predict(removed) < 0.8 * table.predict()
+
+
+def test_a_depthwise_convolution_is_costed_by_its_kept_channels():
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        nn.SiLU(),
+        nn.Conv2d(32, 8, 1),
+    )
+    graph = build(net, torch.zeros(1, 3, 16, 16))
+    table = LatencyModel(graph, conv_macs)
+    removed = np.zeros(graph.num_comps, dtype=bool)
+    (group,) = graph.prunable_groups  # the first conv's outputs flow through the depthwise one
+    removed[group.comps[:8]] = True
+    assert table.predict(removed) == pytest.approx(graph.estimate(removed)[0] / 1e6, rel=1e-9)
+
+
+def slow_at_full_resolution(call: ConvCall) -> float:
+    """A made-up device on which layers reading a quarter of the input's resolution or more cost ten times more per
+    MAC."""
+    return conv_macs(call) * (10.0 if call.size[0] >= 16 else 1.0)
+
+
+def test_latency_cost_prunes_where_the_milliseconds_are():
+    """At the same MACs, ranking per millisecond takes more from the slow layers and predicts a faster model than
+    ranking per MAC; the MACs target is met either way."""
+    results = {}
+    for cost in ("macs", "latency"):
+        net = randomize(from_config("yolov8n.yaml"))
+        settings = PruneSettings(target_macs=0.6, cost=cost, round_to=8)
+        budget = LatencyBudget(lambda g: LatencyModel(g, slow_at_full_resolution))
+        report = run_prune(net, X, settings, latency=budget)
+        graph = graph_of(net)
+        results[cost] = (report.macs_ratio, LatencyModel(graph, slow_at_full_resolution).predict(), net)
+    base = LatencyModel(graph_of(from_config("yolov8n.yaml")), slow_at_full_resolution).predict()
+    for ratio, _, _ in results.values():
+        assert ratio == pytest.approx(0.6, abs=0.02)
+    assert results["latency"][1] < 0.97 * results["macs"][1] < base
+    early = "model.3"  # reads 16x16: ten times the cost per MAC
+    widths = {cost: dict(r[2].named_modules())[early].conv.out_channels for cost, r in results.items()}
+    assert widths == {"macs": 64, "latency": 16}
+
+
+def test_a_latency_goal_is_met_in_predicted_milliseconds():
+    net = randomize(from_config("yolov8n.yaml"))
+    budget = LatencyBudget(lambda g: LatencyModel(g, slow_at_full_resolution, overhead=5.0), fraction=0.5)
+    before = LatencyModel(graph_of(net), slow_at_full_resolution, overhead=5.0).predict()
+    run_prune(net, X, PruneSettings(target_latency_ms=1.0, round_to=8), latency=budget)
+    after = LatencyModel(graph_of(net), slow_at_full_resolution, overhead=5.0).predict()
+    assert 0.47 <= after / before <= 0.5
+
+
+def test_run_prune_refuses_latency_without_a_table():
+    with pytest.raises(ValueError, match="times candidates with onnxruntime"):
+        run_prune(from_config("yolov8n.yaml"), X, PruneSettings(target_latency_ms=5.0))
+    with pytest.raises(ValueError, match="ranks by a latency table"):
+        run_prune(from_config("yolov8n.yaml"), X, PruneSettings(target_macs=0.5, cost="latency"))
+
+
+class MacsTimer:
+    """Stands in for ``ConvTimer``: each convolution 'takes' its MACs in microseconds."""
+
+    saved = 0
+
+    def __init__(self, threads: int, **_: object) -> None:
+        self.threads = threads
+
+    def __call__(self, call: ConvCall) -> float:
+        return conv_macs(call) / 1e3
+
+    def save(self) -> None:
+        MacsTimer.saved += 1
+
+
+def test_latency_target_lands_under_budget(monkeypatch):
+    """The target path end to end on deterministic clocks: the whole model takes its MACs in microseconds plus a
+    fixed 2 ms, so the table's prediction is exact and the first candidate fits."""
+    from yoloprune.export import bench, latency_table
+    from yoloprune.graph.counting import count_macs
+
+    def clock(model, imgsz, threads, runs=20):
+        return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e6 / 1e3
+
+    monkeypatch.setattr(bench, "module_latency", clock)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTimer)
+    model = randomize(from_config("yolov8n.yaml"))
+    unpruned = clock(model, 128, 1)
+    budget = 2.0 + 0.5 * (unpruned - 2.0)
+    report = yoloprune.prune(model, X, target_latency_ms=budget, latency_imgsz=128, latency_threads=2)
+    assert report.latency_ms == pytest.approx(clock(model, 128, 1))
+    assert 0.97 * budget <= report.latency_ms <= budget
+    latency = report.settings["latency"]
+    assert latency["unpruned_ms"] == pytest.approx(unpruned) and latency["threads"] == 2 and latency["imgsz"] == 128
+    assert report.settings["cost"] == "latency" and MacsTimer.saved >= 1
+    assert "measured" in report.notes[-1]
+
+
+def test_a_latency_target_the_model_already_meets_is_refused(monkeypatch):
+    from yoloprune.export import bench, latency_table
+
+    monkeypatch.setattr(bench, "module_latency", lambda model, imgsz, threads, runs=20: 3.0)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTimer)
+    with pytest.raises(yoloprune.graph.PruneError, match=r"already runs in 3\.0 ms"):
+        yoloprune.prune(from_config("yolov8n.yaml"), X, target_latency_ms=4.0)
+
+
+def test_settings_record_the_cost_and_refuse_unknown_ones():
+    assert PruneSettings(target_latency_ms=3.0).cost == "latency"
+    assert PruneSettings(target_macs=0.5).record()["cost"] == "macs"
+    with pytest.raises(ValueError, match="cost must be one of macs, latency"):
+        PruneSettings(cost="flops")
+    with pytest.raises(ValueError, match="unit_ratios fix each unit"):
+        PruneSettings(unit_ratios={"model.2": 0.5}, cost="latency")
+
+
+def test_the_conv_timer_times_a_conv_once_and_caches_it(tmp_path):
+    from yoloprune.export.latency_table import ConvTimer, conv_onnx
+    from yoloprune.export.onnx import session
+
+    call = ConvCall(8, 16, (3, 3), (2, 2), (1, 1), (1, 1), 1, (20, 20))
+    out = session(conv_onnx(call)).run(None, {"x": np.ones((1, 8, 20, 20), np.float32)})[0]
+    assert out.shape == (1, 16, 10, 10)
+    timer = ConvTimer(1, runs=2, warmup=0, cache=tmp_path)
+    ms = timer(call)
+    assert ms > 0 and timer.measured == 1 and timer(call) == ms and timer.measured == 1
+    path = timer.save()
+    assert path is not None and path.parent == tmp_path
+    again = ConvTimer(1, cache=tmp_path)
+    assert again(call) == ms and again.measured == 0 and again.save() is None
+    assert ConvTimer(2, cache=tmp_path).path != path  # each thread count has its own table
+    data = json.loads(path.read_text())
+    data["convs"] = {k: "fast" for k in data["convs"]}
+    path.write_text(json.dumps(data))
+    assert ConvTimer(1, cache=tmp_path).entries == {}  # a table that does not parse is measured again
+
+
+def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypatch, tmp_path, capsys):
+    from yoloprune.cli import main
+    from yoloprune.export import bench, latency_table
+    from yoloprune.graph.counting import count_macs
+    from yoloprune.options import default_threads
+
+    seen = []
+
+    def clock(model, imgsz, threads, runs=20):
+        seen.append(threads)
+        return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e9
+
+    monkeypatch.setattr(bench, "module_latency", clock)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTimer)
+    unpruned = clock(from_config("yolov8n.yaml"), 64, 1)
+    out = tmp_path / "p.pt"
+    budget = f"{2.0 + 0.6 * (unpruned - 2.0):.4f}"
+    assert main(["prune", "yolov8n.yaml", "-o", str(out), "--imgsz", "64", "--target-latency", budget]) == 0
+    printed = capsys.readouterr().out
+    assert f"ms ({default_threads()} thread(s), 64x64)" in printed and "predicted" in printed
+    assert set(seen[1:]) == {default_threads()} and out.is_file()
+    section = yoloprune.io.load_data(out)["yoloprune"]
+    assert section["settings"]["cost"] == "latency" and section["settings"]["latency"]["threads"] == default_threads()
