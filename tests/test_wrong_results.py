@@ -384,7 +384,7 @@ def finished_sweep(dataset, tmp_path_factory):
     other.write_bytes(b"another model")  # refused before it is read
     out = root / "s"
     argv = ["sweep", model, "--data", str(dataset / "data.yaml"), "-o", str(out), "--targets", "0.7"]
-    argv += ["--imgsz", "32"]
+    argv += ["--imgsz", "32", "--threads", "1"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "measure", _fake_measure)
         mp.setattr(sweep_module, "_new_classes", lambda *a: "")  # an 80-class config on 2-class data, never trained
@@ -412,13 +412,14 @@ def _replace(argv: list[str], flag: str, value: str | None) -> list[str]:
         (lambda a, m, o: _replace(a, "--global", None), "global_ranking None there, True here"),
         (lambda a, m, o: _replace(a, "--round-to", "1"), "round_to 8 there, 1 here"),
         (lambda a, m, o: _replace(a, "--threads", "2"), "threads 1 there, 2 here"),
+        (lambda a, m, o: _replace(a, "--cost", "latency"), "cost None there, 'latency' here"),
         (lambda a, m, o: _replace(a, "--finetune-epochs", "1"), "finetune None there, {'epochs': 1,"),
         (
             lambda a, m, o: _replace(a, "--data", str(Path(a[3]).parent / "annotations" / "instances_val.json")),
             "data '",
         ),
     ],
-    ids=["imgsz", "model", "importance", "global", "round_to", "threads", "finetune", "data"],
+    ids=["imgsz", "model", "importance", "global", "round_to", "threads", "cost", "finetune", "data"],
 )
 def test_a_sweep_folder_made_otherwise_is_refused(finished_sweep, capsys, monkeypatch, change, message):
     argv, model, other, out = finished_sweep

@@ -1,15 +1,20 @@
 """Does pruning buy latency? onnxruntime CPU latency of pruned models against the unpruned one, in one run.
 
     python tools/bench_latency.py [--models yolov8s.yaml yolo11s.yaml] [--targets 0.7 0.5 0.3] [--imgsz 640]
-                                  [--threads 1] [--runs 50] [--round-to 8 1]
+                                  [--threads 1] [--runs 50] [--rounds 5] [--round-to 8 1] [--cost macs latency]
 
-For every model: the unpruned latency, then for each MACs target and round_to the pruned latency and its ratio.
-Random weights are fine for latency. Prints a markdown table; run it on an otherwise idle machine.
+For every model: the unpruned one and, for each MACs target, round_to and cost, a pruned one, all exported first and
+then timed in ``--rounds`` interleaved rounds of ``--runs / --rounds`` runs each (the ratio of medians is what is
+printed, so a drift in the machine's speed hits every model alike). ``--cost macs`` is the default selection
+(uniform l2 without images); ``latency`` ranks channels globally by importance per millisecond from the latency
+table (measured once per machine and thread count, then cached), whose prediction is printed beside the
+measurement. Random weights are fine for latency. Prints a markdown table; run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -18,16 +23,13 @@ import torch
 
 import yoloprune
 import yoloprune.graph.counting
+from yoloprune.adapters import resolve
 from yoloprune.adapters.ultralytics import from_config
 from yoloprune.export.bench import onnx_latency
+from yoloprune.export.latency_table import ConvTimer
 from yoloprune.export.onnx import export_onnx
-
-
-def latency(model: torch.nn.Module, imgsz: int, threads: int, runs: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.onnx"
-        export_onnx(model, path, imgsz=imgsz)
-        return onnx_latency(path, imgsz, threads, runs=runs, warmup=10).p50
+from yoloprune.graph import build
+from yoloprune.pruning.latency import LatencyModel
 
 
 def main() -> int:
@@ -38,26 +40,48 @@ def main() -> int:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cost", nargs="+", default=["macs"], choices=["macs", "latency"])
     args = parser.parse_args()
     x = torch.zeros(1, 3, args.imgsz, args.imgsz)
-    print(f"| model | MACs target | round_to | GMACs | params (M) | ORT p50 ms ({args.threads} thread) | vs unpruned |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| model | MACs target | round_to | cost | GMACs | params (M) | ORT p50 ms ({args.threads} thread) | "
+        "vs unpruned | predicted ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    table = ConvTimer(args.threads)
     for cfg in args.models:
         base = from_config(cfg).eval()
-        base_ms = latency(base, args.imgsz, args.threads, args.runs)
-        macs = yoloprune.graph.counting.count_macs(base, x)
-        params = sum(p.numel() for p in base.parameters())
-        print(f"| {cfg} | 1.00 | - | {macs / 1e9:.2f} | {params / 1e6:.2f} | {base_ms:.1f} | 1.00 |", flush=True)
+        convs = LatencyModel(build(base, x, outputs=resolve(base).outputs), table).predict()
+        rows = [(cfg, "1.00", "-", "-", base)]
         for target in args.targets:
             for round_to in args.round_to:
-                model = from_config(cfg).eval()
-                report = yoloprune.prune(model, x, target_macs=target, round_to=round_to)
-                ms = latency(model, args.imgsz, args.threads, args.runs)
-                print(
-                    f"| {cfg} | {target:.2f} | {round_to} | {report.macs_after / 1e9:.2f} | "
-                    f"{report.params_after / 1e6:.2f} | {ms:.1f} | {ms / base_ms:.2f} |",
-                    flush=True,
-                )
+                for cost in args.cost:
+                    model = from_config(cfg).eval()
+                    settings = {"target_macs": target, "round_to": round_to, "cost": cost}
+                    yoloprune.prune(model, x, latency_threads=args.threads, **settings)
+                    rows.append((cfg, f"{target:.2f}", str(round_to), cost, model))
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [Path(tmp) / f"{i}.onnx" for i in range(len(rows))]
+            for path, row in zip(paths, rows):
+                export_onnx(row[-1], path, imgsz=args.imgsz)
+            times: list[list[float]] = [[] for _ in rows]
+            per_round = max(1, args.runs // args.rounds)
+            for _ in range(args.rounds):
+                for i, path in enumerate(paths):
+                    times[i].append(onnx_latency(path, args.imgsz, args.threads, runs=per_round, warmup=3).p50)
+        base_ms = statistics.median(times[0])
+        for (name, target, round_to, cost, model), ms in zip(rows, map(statistics.median, times)):
+            macs = yoloprune.graph.counting.count_macs(model, x)
+            params = sum(p.numel() for p in model.parameters())
+            graph = build(model, x, outputs=resolve(model).outputs)
+            predicted = LatencyModel(graph, table).predict() + base_ms - convs  # + what the table leaves out
+            print(
+                f"| {name} | {target} | {round_to} | {cost} | {macs / 1e9:.2f} | {params / 1e6:.2f} | {ms:.1f} | "
+                f"{ms / base_ms:.2f} | {predicted:.1f} |",
+                flush=True,
+            )
+    table.save()
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from yoloprune import __version__
-from yoloprune.options import AGGREGATES, CRITERIA
+from yoloprune.options import AGGREGATES, COSTS, CRITERIA, default_threads
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -61,8 +61,9 @@ def _prune(args: argparse.Namespace) -> int:
         target_params=args.target_params,
         target_latency_ms=args.target_latency_ms,
         latency_imgsz=args.imgsz,
-        latency_threads=args.threads,
+        latency_threads=_threads(args),
         global_ranking=args.global_ranking,
+        cost=args.cost,
         max_ratio=args.max_ratio,
         round_to=args.round_to,
         aggregate=args.aggregate,
@@ -108,7 +109,9 @@ def _prune(args: argparse.Namespace) -> int:
     print(f"  params {_human(report.params_before)} -> {_human(report.params_after)} ({report.params_ratio:.1%})")
     print(f"  removed {report.channels_removed} channels in {report.groups_pruned} groups")
     if report.latency_ms is not None:
-        print(f"  onnxruntime latency {report.latency_ms:.1f} ms ({args.threads} thread(s), {args.imgsz}x{args.imgsz})")
+        print(
+            f"  onnxruntime latency {report.latency_ms:.1f} ms ({_threads(args)} thread(s), {args.imgsz}x{args.imgsz})"
+        )
     for note in report.notes:
         print(f"  note: {note}")
     print(f"saved {out}")
@@ -184,7 +187,7 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from yoloprune.export.bench import bench
 
-    result = bench(args.model, imgsz=args.imgsz, threads=args.threads, runs=args.runs, warmup=args.warmup)
+    result = bench(args.model, imgsz=args.imgsz, threads=_threads(args), runs=args.runs, warmup=args.warmup)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result)
     return 0
 
@@ -277,10 +280,11 @@ def _sweep(args: argparse.Namespace) -> int:
             kd_weight=args.kd_weight,
             importance=args.importance,
             global_ranking=args.global_ranking,
+            cost=args.cost or "macs",
             round_to=args.round_to,
             imgsz=args.imgsz,
             batch=args.batch,
-            threads=args.threads,
+            threads=_threads(args),
             runs=args.runs,
             device=args.device,
             finetune_args=settings,
@@ -431,8 +435,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _threads(args: argparse.Namespace) -> int:
+    """``--threads``, or every core this process may use."""
+    return default_threads() if args.threads is None else args.threads
+
+
 def _ranking_options(p: argparse.ArgumentParser) -> None:
-    """Which channels go: ``--importance`` and ``--global``/``--uniform`` (prune and sweep)."""
+    """Which channels go: ``--importance``, ``--global``/``--uniform`` and ``--cost`` (prune and sweep)."""
     p.add_argument(
         "--importance", default="auto", choices=CRITERIA, help="channel ranking (auto: recon with --calib, else l2)"
     )
@@ -446,6 +455,13 @@ def _ranking_options(p: argparse.ArgumentParser) -> None:
     )
     ranking.add_argument(
         "--uniform", dest="global_ranking", action="store_false", help="every group loses the same fraction"
+    )
+    p.add_argument(
+        "--cost",
+        choices=COSTS,
+        default=None,
+        help="rank channels globally per MAC or per millisecond they save (latency: a table of the model's "
+        "convolutions timed with onnxruntime here, cached; the default with --target-latency)",
     )
 
 
@@ -504,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ratio", type=float, default=0.8, help="most any group may lose with --global (0.8)")
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8; 1 disables)")
     p.add_argument("--steps", type=int, default=1, help="reach the target in this many steps (1)")
-    p.add_argument("--threads", type=int, default=1, help="threads for --target-latency measurements (1)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime threads for latency (default: every core here)"
+    )
     p.add_argument("--prune-first", action="store_true", help="let the first layer be pruned too")
     p.add_argument("--data", help="labelled data yaml for --importance taylor and --finetune-epochs")
     p.add_argument(
@@ -551,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="MACs, params and CPU latency (onnxruntime and PyTorch)")
     p.add_argument("model", help="checkpoint, config or .onnx file")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="input size (640)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for both runtimes (1)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads for both runtimes (default: every core here)"
+    )
     p.add_argument("--runs", type=int, default=50, help="timed runs (50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (10)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -622,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8)")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="size for evaluation, export and latency (640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (16)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (1)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime threads for latency (default: every core here)"
+    )
     p.add_argument("--runs", type=int, default=30, help="timed runs per point (30)")
     p.add_argument("--device", default="cpu", help="device for fine-tuning (cpu)")
     p.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,15 @@ CRITERIA = ("auto", "l2", "l1", "bn", "taylor", "recon", "random")  # channel im
 AUTO_CRITERIA = ("recon", "l2")  # what "auto" means with calibration images and without
 COMPARABLE = ("recon",)  # criteria whose scores compare across layers: ranked globally per MAC by default
 AGGREGATES = ("mean", "sum", "max")  # how a group combines its layers' scores
+COSTS = ("macs", "latency")  # what a global ranking charges a channel: the MACs or measured ms its removal saves
+
+
+def default_threads() -> int:
+    """Threads latency is measured with unless told: every core this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 

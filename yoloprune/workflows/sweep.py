@@ -87,7 +87,8 @@ def claim(out: Path, key: dict[str, Any], record: bool = True) -> None:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         raise ValueError(f"{out} holds sweep points without a readable {KEY_FILE}; use another -o") from None
-    differs = [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in key.items() if old.get(k) != v]
+    names = [*key, *(k for k in old if k not in key)]  # a setting only the folder has differs too
+    differs = [f"{k} {old.get(k)!r} there, {key.get(k)!r} here" for k in names if old.get(k) != key.get(k)]
     if differs:
         raise ValueError(f"{out} holds a sweep made with other settings ({'; '.join(differs)}); use another -o")
 
@@ -102,10 +103,11 @@ def sweep(
     kd_weight: float = 1.0,
     importance: str = "auto",
     global_ranking: bool | None = None,
+    cost: str = "macs",
     round_to: int = 8,
     imgsz: int = 640,
     batch: int = 16,
-    threads: int = 1,
+    threads: int | None = None,
     runs: int = 30,
     device: str = "cpu",
     finetune_args: dict[str, Any] | None = None,
@@ -114,8 +116,10 @@ def sweep(
 ) -> list[Point]:
     """Run (or finish) a sweep of ``model`` (a checkpoint) over MACs ``targets``; returns every point, the unpruned
     one (target 1.0) first. With ``calib`` (a folder of unlabelled images) every pruned point is calibrated on them
-    before it is fine-tuned or measured."""
+    before it is fine-tuned or measured. ``cost="latency"`` ranks channels per millisecond of this machine's latency
+    table; ``threads`` (default: every core this process may use) times it and every point."""
     from yoloprune.adapters import load_model, save_model
+    from yoloprune.options import default_threads
     from yoloprune.pruning.settings import PruneSettings
     from yoloprune.train.recover import check_overrides
     from yoloprune.workflows.pipeline import default_teacher, measure, prune_to_file, recover
@@ -126,6 +130,15 @@ def sweep(
     if any(not 0 < t < 1 for t in targets):
         raise ValueError("sweep targets are MACs fractions in (0, 1)")
     check_numbers(kd_weight=kd_weight)
+    threads = default_threads() if threads is None else threads
+    settings = PruneSettings(
+        importance=importance,
+        global_ranking=global_ranking,
+        round_to=round_to,
+        cost=cost,
+        latency_imgsz=imgsz,
+        latency_threads=threads,
+    )
     tuning = {"epochs": finetune_epochs, "kd_weight": kd_weight, "batch": batch, "args": finetune_args or {}}
     key = sweep_key(
         model,
@@ -135,6 +148,7 @@ def sweep(
         global_ranking=global_ranking,
         round_to=round_to,
         threads=threads,
+        **({"cost": cost} if cost != "macs" else {}),  # folders swept before costs existed stay resumable
         finetune=tuning if finetune_epochs > 0 else None,
         calib={"images": str(Path(calib).resolve()), "count": calib_images} if calib is not None else None,
     )
@@ -150,7 +164,6 @@ def sweep(
     points_dir.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(exist_ok=True)
     claim(out, key)
-    settings = PruneSettings(importance=importance, global_ranking=global_ranking, round_to=round_to)
     teacher = default_teacher(model)
     for target in progress([1.0, *targets], "sweep"):
         record = points_dir / f"{target:.3f}.json"
