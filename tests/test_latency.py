@@ -17,6 +17,7 @@ from yoloprune.adapters import resolve
 from yoloprune.adapters.ultralytics import from_config
 from yoloprune.graph import build
 from yoloprune.graph.records import ConvCall
+from yoloprune.pruning.importance import channel_scores as run_scores
 from yoloprune.pruning.knapsack import conv_macs
 from yoloprune.pruning.latency import LatencyBudget, LatencyModel, grid_widths
 from yoloprune.pruning.run import prune as run_prune
@@ -142,8 +143,12 @@ def test_latency_target_lands_under_budget(monkeypatch):
     def clock(model, imgsz, threads, runs=20):
         return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e6 / 1e3
 
+    from yoloprune.pruning import run
+
     monkeypatch.setattr(bench, "module_latency", clock)
     monkeypatch.setattr(latency_table, "ConvTimer", MacsTimer)
+    scored = []
+    monkeypatch.setattr(run, "channel_scores", lambda *a, **k: scored.append(1) or run_scores(*a, **k))
     model = randomize(from_config("yolov8n.yaml"))
     unpruned = clock(model, 128, 1)
     budget = 2.0 + 0.5 * (unpruned - 2.0)
@@ -154,6 +159,7 @@ def test_latency_target_lands_under_budget(monkeypatch):
     assert latency["unpruned_ms"] == pytest.approx(unpruned) and latency["threads"] == 2 and latency["imgsz"] == 128
     assert report.settings["cost"] == "latency" and MacsTimer.saved >= 1
     assert "measured" in report.notes[-1]
+    assert len(scored) == 1  # the candidate and the final prune score the same network once
 
 
 def test_a_latency_target_the_model_already_meets_is_refused(monkeypatch):
@@ -218,3 +224,15 @@ def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypat
     assert set(seen[1:]) == {default_threads()} and out.is_file()
     section = yoloprune.io.load_data(out)["yoloprune"]
     assert section["settings"]["cost"] == "latency" and section["settings"]["latency"]["threads"] == default_threads()
+
+
+def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
+    from yoloprune.pruning.latency import next_fraction
+
+    # one timing: in proportion (0.5 measured 110 ms for a 100 ms target: aim at 98.5 ms)
+    assert next_fraction([(0.5, 110.0)], 100.0) == pytest.approx(0.5 * 98.5 / 110)
+    # both sides of the aim: interpolated between them
+    assert next_fraction([(0.5, 110.0), (0.4, 90.0)], 100.0) == pytest.approx(0.4 + 8.5 / 20 * 0.1)
+    # both over: through the two nearest, never below half the deepest cut tried
+    assert next_fraction([(0.5, 120.0), (0.45, 118.0)], 100.0) == pytest.approx(0.225)
+    assert next_fraction([(0.5, 104.0), (0.48, 102.0)], 100.0) == pytest.approx(0.48 - 3.5 / 2 * 0.02)

@@ -143,4 +143,22 @@ class LatencyModel:
         return sorted({i for c in np.unique(comps) for i in self._by_comp.get(int(c), ())})
 
 
-__all__ = ["GRID", "LatencyBudget", "LatencyModel", "Layer", "Measure", "grid_widths"]
+def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 0.985) -> float:
+    """The next share of the predicted latency to try, from ``(share, measured ms)`` pairs timed so far: aimed at
+    ``aim`` x ``target`` by interpolating between the nearest timed shares on either side of it, or through the two
+    nearest when all lie on one side, or in proportion from a single one."""
+    goal = aim * target
+    ordered = sorted(timed, key=lambda t: abs(t[1] - goal))
+    under = [t for t in ordered if t[1] <= goal]
+    over = [t for t in ordered if t[1] > goal]
+    pair = (under[0], over[0]) if under and over else tuple(ordered[:2])
+    if len(pair) == 2 and abs(pair[0][1] - pair[1][1]) > 1e-9:
+        (f0, m0), (f1, m1) = pair
+        fraction = f0 + (goal - m0) * (f1 - f0) / (m1 - m0)
+    else:
+        fraction = ordered[0][0] * goal / ordered[0][1]
+    lowest = min(f for f, _ in timed)  # never more than halve the deepest cut tried: extrapolation is a guess
+    return float(min(max(fraction, 0.5 * lowest, 0.01), 1.0))
+
+
+__all__ = ["GRID", "LatencyBudget", "LatencyModel", "Layer", "Measure", "grid_widths", "next_fraction"]

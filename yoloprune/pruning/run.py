@@ -5,12 +5,14 @@ and check the forward (``_apply``), and report what changed (``_report``). ``yol
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from yoloprune.adapters import Target, resolve
@@ -95,19 +97,31 @@ def prune(
     calib_batches: Sequence[Any] | None = None,
     after_step: AfterStep | None = None,
     latency: LatencyBudget | None = None,
+    score_cache: dict[Any, np.ndarray] | None = None,
 ) -> PruneReport:
     """Remove channels from ``model`` in place by ratio or MACs/params target and return what changed.
     ``calib_batches`` (image tensors) feed the ``recon`` importance. ``after_step(pruned, before, removal)`` runs
     after every step with the network as it was before that step (calibration refits against it), before
     ``between_steps``. ``latency`` ranks channels per predicted millisecond (``settings.cost``) or, with its
-    ``fraction``, prunes to that share of the predicted latency. ``yoloprune.prune`` is the public entry: it builds
+    ``fraction``, prunes to that share of the predicted latency. ``score_cache`` keeps channel scores across calls
+    by the network's structure and weights (candidates of one search score alike). ``yoloprune.prune`` is the public
+    entry: it builds
     ``settings`` from keywords and turns a latency target in milliseconds into a measured ``latency``."""
     if settings.target_latency_ms is not None and (latency is None or latency.fraction is None):
         raise ValueError("a latency target is met by yoloprune.prune, which times candidates with onnxruntime")
     if settings.cost == "latency" and latency is None:
         raise ValueError("cost='latency' ranks by a latency table; yoloprune.prune measures one with onnxruntime")
     return _prune(
-        model, example_inputs, settings, taylor_loss, between_steps, policies, calib_batches, after_step, latency
+        model,
+        example_inputs,
+        settings,
+        taylor_loss,
+        between_steps,
+        policies,
+        calib_batches,
+        after_step,
+        latency,
+        score_cache,
     )
 
 
@@ -121,6 +135,7 @@ def _prune(
     calib_batches: Sequence[Any] | None = None,
     after_step: AfterStep | None = None,
     latency: LatencyBudget | None = None,
+    score_cache: dict[Any, np.ndarray] | None = None,
 ) -> PruneReport:
     """Prune in ``s.steps`` steps: each scores, chooses and applies (the exactness check right after, when asked),
     then ``after_step``; then the report."""
@@ -147,7 +162,7 @@ def _prune(
             target,
             example_inputs,
             goal,
-            _scorer(s, taylor_loss, calib_batches),
+            _scorer(s, taylor_loss, calib_batches, score_cache),
             (*s.ignore, *protected),
             policies,
             s,
@@ -174,14 +189,23 @@ def _prune(
     return report
 
 
-def _scorer(s: PruneSettings, taylor_loss: TaylorLoss | None, calib_batches: Sequence[Any] | None) -> Scorer:
-    """Channel scores for a graph: the settings' criterion, or the caller's function (its scores checked)."""
+def _scorer(
+    s: PruneSettings,
+    taylor_loss: TaylorLoss | None,
+    calib_batches: Sequence[Any] | None,
+    cache: dict[Any, np.ndarray] | None = None,
+) -> Scorer:
+    """Channel scores for a graph: the settings' criterion, or the caller's function (its scores checked); with a
+    ``cache``, scores already computed for the same structure and weights are reused."""
     importance = s.importance
 
     def scorer(net: nn.Module, graph: Any) -> np.ndarray:
         if callable(importance):
             return check_scores(importance(net, graph), graph, importance)
-        return channel_scores(
+        key = _content_key(net, graph) if cache is not None else None
+        if key is not None and key in cache:
+            return cache[key]
+        scores = channel_scores(
             net,
             graph,
             importance,
@@ -191,8 +215,20 @@ def _scorer(s: PruneSettings, taylor_loss: TaylorLoss | None, calib_batches: Seq
             taylor_loss=taylor_loss,
             calib_batches=calib_batches,
         )
+        if key is not None:
+            cache[key] = scores
+        return scores
 
     return scorer
+
+
+def _content_key(net: nn.Module, graph: Any) -> tuple[int, int, str]:
+    """What channel scores depend on besides the settings: the graph's structure and every tensor's values."""
+    digest = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return graph.num_comps, graph.trace.macs, digest.hexdigest()
 
 
 def _apply(

@@ -8,7 +8,6 @@ place (``default_teacher``), and a model is measured one way (``measure``).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from yoloprune.adapters import Loaded, resolve
 from yoloprune.graph.plan import FORMAT
 from yoloprune.graph.registry import Policy
 from yoloprune.graph.surgery import PruneError
-from yoloprune.pruning.latency import LatencyBudget, LatencyModel
+from yoloprune.pruning.latency import LatencyBudget, LatencyModel, next_fraction
 from yoloprune.pruning.run import PruneReport
 from yoloprune.pruning.settings import PruneSettings
 
@@ -135,6 +134,8 @@ def _prune(
     candidates uncalibrated; the one that fits is pruned for real with ``after_step``)."""
     from yoloprune.pruning import run
 
+    scores: dict[Any, Any] = {}  # a target's candidates and its final prune score the same network alike
+
     def prune(net: nn.Module, latency: LatencyBudget | None, final: bool) -> PruneReport:
         return run.prune(
             net,
@@ -146,6 +147,7 @@ def _prune(
             calib_batches=calib_batches,
             after_step=after_step if final else None,
             latency=latency,
+            score_cache=scores,
         )
 
     if settings.cost != "latency" and settings.target_latency_ms is None:
@@ -206,35 +208,33 @@ def _fit_latency(
     imgsz: int,
     settings: PruneSettings,
     prune_copy: Callable[[nn.Module, float], Any],
-    tries: int = 4,
+    tries: int = 6,
 ) -> tuple[float, float]:
     """The share of the predicted latency to prune to, and its measured milliseconds: start at the target's share of
-    the unpruned latency; scale by target / measured while a copy misses (or lands more than 3% under) it."""
+    the unpruned latency, then aim each copy by the ones timed so far (``latency.next_fraction``) until one lands
+    within 3% under the target."""
     from yoloprune.export.bench import module_latency
 
     if unpruned_ms <= target:
         raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
+    timed: list[tuple[float, float]] = []
     fraction = target / unpruned_ms
-    best: tuple[float, float] | None = None
-    closest = math.inf
     for _ in range(tries):
         probe = copy.deepcopy(model)
         prune_copy(probe, fraction)
-        ms = module_latency(
-            resolve(probe, settings.family, settings.prune_head).module, imgsz, settings.latency_threads
-        )
-        closest = min(closest, ms)
-        if ms <= target and (best is None or ms > best[1]):
-            best = (fraction, ms)
-        if best is not None and ms >= 0.97 * target:
+        net = resolve(probe, settings.family, settings.prune_head).module
+        timed.append((fraction, module_latency(net, imgsz, settings.latency_threads)))
+        fits = [t for t in timed if t[1] <= target]
+        if fits and max(ms for _, ms in fits) >= 0.97 * target:
             break
-        fraction = min(fraction * target / ms * (0.995 if ms > target else 1.0), 1.0)
-    if best is None:
+        fraction = next_fraction(timed, target)
+    fits = [t for t in timed if t[1] <= target]
+    if not fits:
         raise PruneError(
-            f"cannot reach {target} ms: the fastest pruned copy measured {closest:.1f} ms at {imgsz}x{imgsz} "
-            f"with {settings.latency_threads} thread(s)"
+            f"cannot reach {target} ms: the fastest pruned copy measured {min(ms for _, ms in timed):.1f} ms at "
+            f"{imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
         )
-    return best
+    return max(fits, key=lambda t: t[1])
 
 
 def _calibration_batches(
