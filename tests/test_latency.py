@@ -41,8 +41,9 @@ def test_the_trace_records_each_convolutions_geometry():
 
 def test_grid_widths_round_up_to_the_runtimes_blocks():
     assert grid_widths(64) == (16, 32, 48, 64)
-    assert grid_widths(100) == (32, 56, 80, 100)  # 25, 50, 75% rounded up to multiples of 8; the full width
-    assert grid_widths(12) == (3, 6, 9, 12)  # narrower than two blocks: every width may be used
+    assert grid_widths(100) == (32, 64, 80, 100)  # 25, 50, 75% rounded up to multiples of 16; the full width
+    assert grid_widths(100, quantum=8) == (32, 56, 80, 100)
+    assert grid_widths(24) == (6, 12, 18, 24)  # narrower than two blocks: every width may be used
     assert grid_widths(1) == (1,)
 
 
@@ -110,6 +111,30 @@ def test_a_latency_goal_is_met_in_predicted_milliseconds():
     run_prune(net, X, PruneSettings(target_latency_ms=1.0, round_to=8), latency=budget)
     after = LatencyModel(graph_of(net), slow_at_full_resolution, overhead=5.0).predict()
     assert 0.47 <= after / before <= 0.5
+
+
+def off_block_is_slow(call: ConvCall) -> float:
+    """A made-up runtime that computes in blocks of 16 channels and takes twice as long off them."""
+    aligned = call.in_channels % 16 == 0 and call.out_channels % 16 == 0
+    return conv_macs(call) * (1.0 if aligned or min(call.in_channels, call.out_channels) < 16 else 2.0)
+
+
+def test_widths_off_the_runtimes_block_are_charged_and_avoided():
+    graph = graph_of(randomize(from_config("yolov8s.yaml")))
+    table = LatencyModel(graph, off_block_is_slow)
+    layer = next(x for x in table.layers if x.name == "model.2.m.0.cv1.conv.weight")  # 32 -> 32
+    assert (layer.off_in, layer.off_out) == (pytest.approx(2.0), pytest.approx(2.0))
+    assert layer.ms(32, 24) == pytest.approx(2 * layer.aligned_ms(32, 24)) and layer.ms(32, 16) == layer.aligned_ms(
+        32, 16
+    )
+    widths = {}
+    for cost in ("macs", "latency"):
+        net = randomize(from_config("yolov8s.yaml"))
+        budget = LatencyBudget(lambda g: LatencyModel(g, off_block_is_slow))
+        run_prune(net, X, PruneSettings(target_macs=0.5, cost=cost, round_to=8), latency=budget)
+        widths[cost] = [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels >= 32]
+    assert any(w % 16 for w in widths["macs"])  # ranked per MAC, some widths land between blocks
+    assert not any(w % 16 for w in widths["latency"])  # ranked per millisecond, none does
 
 
 def test_run_prune_refuses_latency_without_a_table():

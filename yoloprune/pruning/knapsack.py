@@ -28,6 +28,10 @@ def conv_macs(call: ConvCall) -> float:
     return call.out_channels * math.prod(size) * (call.in_channels // call.groups) * math.prod(call.kernel) / 1e6
 
 
+LOOKAHEAD = 4
+"""Blocks an offer may grow by while the smaller one saves nothing."""
+
+
 @dataclass
 class _Unit:
     """Groups that lose channels together: their channel count, the most they may lose, their channels in score
@@ -40,9 +44,10 @@ class _Unit:
     layers: set[int]
     removed: int = 0
 
-    def next_count(self, round_to: int) -> int | None:
-        """How many channels the unit will have lost after its next block (None: it may lose no more)."""
-        kept = self.channels - self.removed
+    def next_count(self, round_to: int, removed: int | None = None) -> int | None:
+        """How many channels the unit will have lost after its next block, from ``removed`` (default: what it has
+        lost); None: it may lose no more."""
+        kept = self.channels - (self.removed if removed is None else removed)
         if round_to > 1:
             if self.channels < round_to:
                 return None
@@ -92,18 +97,28 @@ def greedy(
     units = _units(graph, scores, cost, max_ratio)
     prices: dict[int, tuple[tuple[bool, float], int, np.ndarray] | None] = {}
 
-    def price(i: int) -> tuple[tuple[bool, float], int, np.ndarray] | None:
-        unit = units[i]
-        count = unit.next_count(round_to)
-        if count is None:
-            return None
-        block = unit.block(count)
+    def saving(block: np.ndarray) -> float:
         layers = cost.layers_touching(block)
         before = sum(cost.layer_ms(j, removed) for j in layers)
         removed[block] = True
         after = sum(cost.layer_ms(j, removed) for j in layers)
         removed[block] = False
-        saved, lost = before - after, float(ranked[block].sum())
+        return before - after
+
+    def price(i: int) -> tuple[tuple[bool, float], int, np.ndarray] | None:
+        """The unit's next offer: its next block, grown by further blocks while it saves nothing (a width off the
+        runtime's channel block may cost as much as the width above it)."""
+        unit = units[i]
+        count = unit.next_count(round_to)
+        if count is None:
+            return None
+        for _ in range(LOOKAHEAD):
+            block, saved = unit.block(count), saving(unit.block(count))
+            further = unit.next_count(round_to, count) if saved <= 1e-12 else None
+            if further is None:
+                break
+            count = further
+        lost = float(ranked[block].sum())
         return ((saved <= 1e-12, lost / saved if saved > 1e-12 else lost), count, block)
 
     while not reached(removed):

@@ -25,9 +25,15 @@ Measure = Callable[[ConvCall], float]
 """Milliseconds of one convolution (and its activation) run alone."""
 
 
-def grid_widths(channels: int, quantum: int = 8) -> tuple[int, ...]:
+QUANTUM = 16
+"""Channel block the table is aligned to: onnxruntime's CPU convolutions work in blocks of 16 channels on AVX-512
+(8 on AVX2), and a width off the block can take twice as long (a 3x3 convolution at 80x80 with 56 input channels
+took 8.6 ms here, with 64 4.4 ms); widths off the block are charged a factor measured per layer."""
+
+
+def grid_widths(channels: int, quantum: int = QUANTUM) -> tuple[int, ...]:
     """The widths a layer of ``channels`` is timed at: ``GRID`` fractions rounded up to multiples of ``quantum``
-    (runtimes block channels by 8 or 16; 1 for narrow layers)."""
+    (every width for layers narrower than two blocks)."""
     q = quantum if channels >= 2 * quantum else 1
     return tuple(sorted({min(channels, max(1, q * math.ceil(f * channels / q))) for f in GRID}))
 
@@ -42,8 +48,9 @@ def _interp(x: float, xs: tuple[int, ...], ys: np.ndarray) -> float:
 
 @dataclass
 class Layer:
-    """One convolution weight: its calls at full width, the components of its output and input channels, and its
-    latency table over ``(ins, outs)`` widths (summed over its calls)."""
+    """One convolution weight: its calls at full width, the components of its output and input channels, its
+    latency table over ``(ins, outs)`` widths (summed over its calls), and the factors a width off the ``quantum``
+    block costs on each side."""
 
     name: str
     calls: list[ConvCall]
@@ -52,17 +59,44 @@ class Layer:
     ins: tuple[int, ...]
     outs: tuple[int, ...]
     table: np.ndarray
+    quantum: int = 1
+    off_in: float = 1.0
+    off_out: float = 1.0
 
     @property
     def depthwise(self) -> bool:
         return self.in_comps is None
 
-    def ms(self, kept_in: float, kept_out: float) -> float:
-        """Interpolated milliseconds at these kept widths."""
+    def aligned_ms(self, kept_in: float, kept_out: float) -> float:
+        """Milliseconds interpolated between the table's widths (all on the block)."""
         if self.depthwise:
             return _interp(kept_out, self.outs, self.table[0])
         rows = np.array([_interp(kept_out, self.outs, row) for row in self.table])
         return _interp(kept_in, self.ins, rows)
+
+    def ms(self, kept_in: float, kept_out: float) -> float:
+        """Milliseconds at these kept widths, a width off the block charged its side's factor."""
+        ms = self.aligned_ms(kept_in, kept_out)
+        if self.off_out != 1.0 and round(kept_out) % self.quantum:
+            ms *= self.off_out
+        if self.off_in != 1.0 and round(kept_in) % self.quantum:
+            ms *= self.off_in
+        return ms
+
+    def measure_offsets(self, measure: Measure) -> None:
+        """Time each side one half-block off its full width (when the full width is on the block) and keep how much
+        slower than the interpolation that is (never less than 1)."""
+        first, q, half = self.calls[0], self.quantum, self.quantum // 2
+        cin, cout = first.in_channels, first.out_channels
+
+        def factor(at_in: int, at_out: int) -> float:
+            timed = sum(measure(_at(c, at_in, at_out, self.depthwise)) for c in self.calls)
+            return max(1.0, timed / max(self.aligned_ms(at_in, at_out), 1e-12))
+
+        if q > 1 and cout >= 2 * q and cout % q == 0:
+            self.off_out = factor(cin if not self.depthwise else cout - half, cout - half)
+        if q > 1 and not self.depthwise and first.groups == 1 and cin >= 2 * q and cin % q == 0:
+            self.off_in = factor(cin - half, cout)
 
 
 def _at(call: ConvCall, cin: int, cout: int, depthwise: bool) -> ConvCall:
@@ -91,7 +125,7 @@ class LatencyModel:
     its kept widths. ``scale`` times the layers at another input size (the latency size over the traced one)."""
 
     def __init__(
-        self, graph: Graph, measure: Measure, *, overhead: float = 0.0, scale: float = 1.0, quantum: int = 8
+        self, graph: Graph, measure: Measure, *, overhead: float = 0.0, scale: float = 1.0, quantum: int = QUANTUM
     ) -> None:
         self.graph = graph
         self.overhead = overhead
@@ -110,7 +144,9 @@ class LatencyModel:
             table = np.array(
                 [[sum(measure(_at(c, cin, cout, depthwise)) for c in calls) for cout in outs] for cin in ins]
             )
-            self.layers.append(Layer(name, calls, out_comps, in_comps, ins, outs, table))
+            layer = Layer(name, calls, out_comps, in_comps, ins, outs, table, quantum)
+            layer.measure_offsets(measure)
+            self.layers.append(layer)
         self._by_comp: dict[int, list[int]] = {}
         for i, layer in enumerate(self.layers):
             touched = layer.out_comps if layer.in_comps is None else np.concatenate([layer.out_comps, layer.in_comps])
@@ -161,4 +197,4 @@ def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 
     return float(min(max(fraction, 0.5 * lowest, 0.01), 1.0))
 
 
-__all__ = ["GRID", "LatencyBudget", "LatencyModel", "Layer", "Measure", "grid_widths", "next_fraction"]
+__all__ = ["GRID", "QUANTUM", "LatencyBudget", "LatencyModel", "Layer", "Measure", "grid_widths", "next_fraction"]
