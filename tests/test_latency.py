@@ -203,6 +203,8 @@ def test_settings_record_the_cost_and_refuse_unknown_ones():
         PruneSettings(cost="flops")
     with pytest.raises(ValueError, match="unit_ratios fix each unit"):
         PruneSettings(unit_ratios={"model.2": 0.5}, cost="latency")
+    with pytest.raises(ValueError, match=r"global_ranking=False \(--uniform\) does not"):
+        PruneSettings(target_latency_ms=3.0, global_ranking=False)
 
 
 def test_the_conv_timer_times_a_conv_once_and_caches_it(tmp_path):

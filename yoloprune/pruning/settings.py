@@ -82,8 +82,11 @@ class PruneSettings:
             self.cost = "latency" if self.target_latency_ms is not None else "macs"
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
-        if self.cost == "latency" and self.unit_ratios:
-            raise ValueError("cost='latency' ranks channels globally; unit_ratios fix each unit's ratio")
+        if self.cost == "latency" and (self.unit_ratios or self.global_ranking is False):
+            what = (
+                "unit_ratios fix each unit's ratio" if self.unit_ratios else "global_ranking=False (--uniform) does not"
+            )
+            raise ValueError(f"cost='latency' ranks channels globally; {what}")
         if self.units_by not in UNITS:
             raise ValueError(f"units_by must be one of {', '.join(UNITS)}, got {self.units_by!r}")
         if not math.isfinite(self.tolerance) or self.tolerance <= 0:
