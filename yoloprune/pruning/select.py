@@ -267,7 +267,10 @@ def by_cost(
     value = _metric(graph, goal.metric, latency)
     limit = goal.fraction * value(None)
     ranked = scores.astype(float) if comparable else normalise(graph, scores)
-    reached = lambda removed: value(removed) <= limit  # noqa: E731
+
+    def reached(removed: np.ndarray) -> bool:
+        return value(removed) <= limit
+
     counts = greedy(graph, scores, ranked, cost, reached, max_ratio=max_ratio, round_to=round_to)
     return finish(graph, scores, counts, round_to)
 
