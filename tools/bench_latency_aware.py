@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--runs", type=int, default=40, help="timed runs per model in the side-by-side check")
     parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (0)")
     args = parser.parse_args()
 
     from benchkit import FINETUNE, start
@@ -102,6 +103,7 @@ def main() -> None:
             out=out / cost,
             overwrite=True,
             workers=2,
+            seed=args.seed,
             **FINETUNE,
         )
         tuned = load_model(str(result.best)).model
