@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -47,3 +47,21 @@ def prune_exact(model: nn.Module, x: Any, ratio: float = 0.5, outputs=None, **kw
 def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Parameter shapes by name."""
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+class MacsTable:
+    """Stands in for ``yoloprune.export.latency_table.ConvTimer``: each convolution 'takes' its MACs in
+    microseconds, so latency-aware paths run without timing anything. ``made`` holds each table's thread count."""
+
+    made: ClassVar[list[int]] = []
+
+    def __init__(self, threads: int, **_: Any) -> None:
+        MacsTable.made.append(threads)
+
+    def __call__(self, call: Any) -> float:
+        from yoloprune.pruning.knapsack import conv_macs
+
+        return conv_macs(call) / 1e3
+
+    def save(self) -> None:
+        return None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import prune_exact, randomize
+from helpers import MacsTable, prune_exact, randomize
 from torch import nn
 
 import yoloprune
@@ -88,6 +88,21 @@ def test_pruning_is_exact_and_the_export_verifies(family, spec, rows, tmp_path):
     assert report.family == family and report.macs_ratio < 0.8 and report.params_ratio < 0.7
     result = export_onnx(net, tmp_path / "pruned.onnx", imgsz=64)  # raises unless onnxruntime matches PyTorch
     assert result.outputs == [[1, rows, 85]]
+
+
+@pytest.mark.parametrize(
+    ("family", "spec"), [("yolov5", "yolov5n.yaml"), ("yolov7", str(V7_TINY)), ("yolox", "yolox-nano")]
+)
+def test_latency_ranked_pruning_is_exact(family, spec, monkeypatch):
+    """Channels ranked per millisecond (over a stand-in table: nothing is timed) on each family, depthwise
+    convolutions included, land on the MACs target and keep the exactness property."""
+    from yoloprune.export import latency_table
+
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
+    net = randomize(need(family).from_config(spec))
+    outputs(net)
+    report = prune_exact(net, X, ratio=None, target_macs=0.6, cost="latency", outputs=resolve(net).outputs)
+    assert abs(report.macs_ratio - 0.6) <= 0.03 and report.settings["cost"] == "latency"
 
 
 @pytest.mark.parametrize("family", ["yolov5", "yolox"])

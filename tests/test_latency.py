@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import randomize
+from helpers import MacsTable, randomize
 from torch import nn
 
 import yoloprune
@@ -144,21 +144,6 @@ def test_run_prune_refuses_latency_without_a_table():
         run_prune(from_config("yolov8n.yaml"), X, PruneSettings(target_macs=0.5, cost="latency"))
 
 
-class MacsTimer:
-    """Stands in for ``ConvTimer``: each convolution 'takes' its MACs in microseconds."""
-
-    saved = 0
-
-    def __init__(self, threads: int, **_: object) -> None:
-        self.threads = threads
-
-    def __call__(self, call: ConvCall) -> float:
-        return conv_macs(call) / 1e3
-
-    def save(self) -> None:
-        MacsTimer.saved += 1
-
-
 def test_latency_target_lands_under_budget(monkeypatch):
     """The target path end to end on deterministic clocks: the whole model takes its MACs in microseconds plus a
     fixed 2 ms, so the table's prediction is exact and the first candidate fits."""
@@ -171,7 +156,7 @@ def test_latency_target_lands_under_budget(monkeypatch):
     from yoloprune.pruning import run
 
     monkeypatch.setattr(bench, "module_latency", clock)
-    monkeypatch.setattr(latency_table, "ConvTimer", MacsTimer)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     scored = []
     monkeypatch.setattr(run, "channel_scores", lambda *a, **k: scored.append(1) or run_scores(*a, **k))
     model = randomize(from_config("yolov8n.yaml"))
@@ -182,7 +167,7 @@ def test_latency_target_lands_under_budget(monkeypatch):
     assert 0.97 * budget <= report.latency_ms <= budget
     latency = report.settings["latency"]
     assert latency["unpruned_ms"] == pytest.approx(unpruned) and latency["threads"] == 2 and latency["imgsz"] == 128
-    assert report.settings["cost"] == "latency" and MacsTimer.saved >= 1
+    assert report.settings["cost"] == "latency" and MacsTable.made[-1] == 2
     assert "measured" in report.notes[-1]
     assert len(scored) == 1  # the candidate and the final prune score the same network once
 
@@ -191,7 +176,7 @@ def test_a_latency_target_the_model_already_meets_is_refused(monkeypatch):
     from yoloprune.export import bench, latency_table
 
     monkeypatch.setattr(bench, "module_latency", lambda model, imgsz, threads, runs=20: 3.0)
-    monkeypatch.setattr(latency_table, "ConvTimer", MacsTimer)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     with pytest.raises(yoloprune.graph.PruneError, match=r"already runs in 3\.0 ms"):
         yoloprune.prune(from_config("yolov8n.yaml"), X, target_latency_ms=4.0)
 
@@ -241,7 +226,7 @@ def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypat
         return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e9
 
     monkeypatch.setattr(bench, "module_latency", clock)
-    monkeypatch.setattr(latency_table, "ConvTimer", MacsTimer)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     unpruned = clock(from_config("yolov8n.yaml"), 64, 1)
     out = tmp_path / "p.pt"
     budget = f"{2.0 + 0.6 * (unpruned - 2.0):.4f}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import randomize
+from helpers import MacsTable, randomize
 
 from yoloprune.adapters import Loaded
 from yoloprune.adapters.ultralytics import from_config, save
@@ -117,25 +117,13 @@ def test_a_sweep_ranked_per_millisecond_records_its_cost(setup, tmp_path, monkey
     """``cost="latency"``: every point is pruned over the latency table (here a stand-in holding MACs, so nothing
     is timed) with the sweep's threads, and the folder's key names the cost."""
     from yoloprune.export import latency_table
-    from yoloprune.pruning.knapsack import conv_macs
 
-    tables = []
-
-    class Table:
-        def __init__(self, threads: int, **_: object) -> None:
-            tables.append(threads)
-
-        def __call__(self, call):
-            return conv_macs(call)
-
-        def save(self) -> None:
-            return None
-
-    monkeypatch.setattr(latency_table, "ConvTimer", Table)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
+    MacsTable.made.clear()
     data, checkpoint = setup
     points = sweep_module.sweep(checkpoint, data, tmp_path / "l", [0.5], imgsz=64, runs=1, threads=3, cost="latency")
     section = torch.load(points[1].checkpoint, weights_only=False)["yoloprune"]
-    assert section["settings"]["cost"] == "latency" and tables == [3]
+    assert section["settings"]["cost"] == "latency" and MacsTable.made == [3]
     assert abs(points[1].macs / points[0].macs - 0.5) < 0.03
     key = json.loads((tmp_path / "l" / "sweep.json").read_text())
     assert key["cost"] == "latency" and key["threads"] == 3
