@@ -129,12 +129,12 @@ def _prune(
     after_step: Callable[..., None] | None = None,
 ) -> PruneReport:
     """``pruning.run.prune``; with a latency cost or target, over a latency table of this model's convolutions timed
-    with onnxruntime on this machine (cached). A target is predicted, then checked by timing the pruned model whole:
-    when it measures over, the predicted share is scaled down by the miss and tried again on a fresh copy (the
-    candidates uncalibrated; the one that fits is pruned for real with ``after_step``)."""
+    with onnxruntime on this machine (cached). A target is predicted, then checked by timing the pruned model whole,
+    each candidate (a fresh copy, uncalibrated) aimed by the ones timed before; the one that fits is pruned for real
+    with ``after_step``. The candidates and the final prune share their channel scores."""
     from yoloprune.pruning import run
 
-    scores: dict[Any, Any] = {}  # a target's candidates and its final prune score the same network alike
+    scores: dict[Any, Any] | None = None  # set for a latency target: its candidates score the same network alike
 
     def prune(net: nn.Module, latency: LatencyBudget | None, final: bool) -> PruneReport:
         return run.prune(
@@ -179,6 +179,7 @@ def _prune(
     try:
         if target is None:
             return prune(model, LatencyBudget(model_for), True)
+        scores = {}
         fraction, measured = _fit_latency(
             model, target, unpruned_ms, imgsz, settings, lambda net, f: prune(net, LatencyBudget(model_for, f), False)
         )
