@@ -1,10 +1,13 @@
 """Predict a pruned model's latency from a table of its convolutions' latencies over widths.
 
-Every traced 2-d convolution is timed alone (with its activation) over a grid of kept input and output widths by a
-function the caller gives (``yoloprune.export.latency_table`` times them with onnxruntime on this machine and caches
-them); between grid points the table is interpolated bilinearly, below the smallest in proportion to the width. What
-the table does not hold (post-processing, concatenations, reordering) is a constant ``overhead``, which the caller
-sets from one measurement of the whole model. Knows no runtime: it is handed ``measure`` and calls nothing by name.
+Every traced 2-d convolution is timed alone (with its activation) over a grid of kept input and output widths on the
+runtime's channel block, and half a block off it on each side, by a function the caller gives
+(``yoloprune.export.latency_table`` times them with onnxruntime on this machine and caches them). Between grid points
+the table is interpolated bilinearly (below the smallest in proportion to the width), and a width off the block is
+charged its side's measured factor. What the table does not hold (post-processing, concatenations, reordering) is a
+constant ``overhead``, which the caller sets from one measurement of the whole model. Knows no runtime: it is handed
+``measure`` and calls nothing by name.
+Also here: ``next_fraction``, which aims a latency target's next candidate from the ones timed before.
 """
 
 from __future__ import annotations
