@@ -14,6 +14,7 @@ from yoloprune.adapters import Loaded
 from yoloprune.adapters.ultralytics import from_config, save
 from yoloprune.cli import main
 from yoloprune.data import synthesize
+from yoloprune.options import default_threads
 from yoloprune.workflows import pipeline
 from yoloprune.workflows import sweep as sweep_module
 
@@ -51,7 +52,9 @@ def test_sweep_writes_every_point_and_resumes(setup, tmp_path, monkeypatch, caps
     assert [float(r["target"]) for r in rows] == [1.0, 0.7, 0.4]
     macs = [int(r["macs"]) for r in rows]
     assert macs[0] > macs[1] > macs[2] and abs(macs[2] / macs[0] - 0.4) < 0.03
-    assert (out / "pareto.png").stat().st_size > 10_000 and "| unpruned |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert (out / "pareto.png").stat().st_size > 10_000 and "| unpruned |" in report
+    assert f"{default_threads()} thread(s), 64x64, p50 of 2 runs. Channels chosen for MACs targets." in report
     assert json.loads((out / "results.json").read_text())[1]["onnx"].endswith(".onnx")
     (out / "points" / "0.400.json").unlink()
     calls = []

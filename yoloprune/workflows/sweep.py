@@ -209,7 +209,9 @@ def sweep(
         write_atomic(record, lambda f, p=point: f.write(json.dumps(asdict(p), indent=1).encode()))
     points = [Point(**json.loads(p.read_text())) for p in sorted(points_dir.glob("*.json"))]
     points.sort(key=lambda p: -p.target)
-    write_results(points, out)
+    timing = f"Latency: onnxruntime on this machine's CPU, {threads} thread(s), {imgsz}x{imgsz}, p50 of {runs} runs."
+    chosen = "per millisecond of the latency table" if cost == "latency" else "for MACs targets"
+    write_results(points, out, f"{timing} Channels chosen {chosen}.")
     return points
 
 
@@ -222,8 +224,8 @@ def _new_classes(source: Any, data: str | Path) -> str:
     return f"the model predicts {had} classes, {data} has {wanted}" if had != wanted else ""
 
 
-def write_results(points: list[Point], out: Path) -> None:
-    """results.csv, results.json, pareto.png and report.md from the points."""
+def write_results(points: list[Point], out: Path, timing: str = "") -> None:
+    """results.csv, results.json, pareto.png and report.md from the points (``timing`` says how latency was taken)."""
     rows = [asdict(p) for p in points]
     write_atomic(out / "results.json", lambda f: f.write(json.dumps(rows, indent=1).encode()), overwrite=True)
 
@@ -237,6 +239,7 @@ def write_results(points: list[Point], out: Path) -> None:
     lines = [
         "# mAP versus latency",
         "",
+        *([timing, ""] if timing else []),
         "| MACs target | GMACs | params (M) | mAP50-95 | mAP50 | ONNX p50 (ms) | latency vs unpruned |",
         "|---|---|---|---|---|---|---|",
     ]
