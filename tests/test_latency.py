@@ -192,7 +192,7 @@ def test_settings_record_the_cost_and_refuse_unknown_ones():
         PruneSettings(target_latency_ms=3.0, global_ranking=False)
 
 
-def test_the_conv_timer_times_a_conv_once_and_caches_it(tmp_path):
+def test_the_conv_timer_times_a_conv_once_and_caches_it(tmp_path, capsys):
     from yoloprune.export.latency_table import ConvTimer, conv_onnx
     from yoloprune.export.onnx import session
 
@@ -202,10 +202,16 @@ def test_the_conv_timer_times_a_conv_once_and_caches_it(tmp_path):
     timer = ConvTimer(1, runs=2, warmup=0, cache=tmp_path)
     ms = timer(call)
     assert ms > 0 and timer.measured == 1 and timer(call) == ms and timer.measured == 1
+    timer(ConvCall(8, 8, (1, 1), (1, 1), (0, 0), (1, 1), 1, (4, 4)))
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        f"timing convolutions alone with onnxruntime for the latency table (1 thread(s); cached in {tmp_path})"
+    ]
     path = timer.save()
     assert path is not None and path.parent == tmp_path
     again = ConvTimer(1, cache=tmp_path)
     assert again(call) == ms and again.measured == 0 and again.save() is None
+    assert capsys.readouterr().err == ""  # nothing to time, nothing said
     assert ConvTimer(2, cache=tmp_path).path != path  # each thread count has its own table
     data = json.loads(path.read_text())
     data["convs"] = {k: "fast" for k in data["convs"]}

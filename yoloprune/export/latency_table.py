@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,8 @@ def conv_onnx(call: ConvCall, opset: int = 17) -> bytes:
 
 class ConvTimer:
     """``timer(call)``: p50 milliseconds of one convolution under onnxruntime with ``threads`` intra-op threads,
-    from the cache when measured before. ``save()`` writes new timings back."""
+    from the cache when measured before (the first one it must time says so on stderr). ``save()`` writes new
+    timings back."""
 
     def __init__(self, threads: int, runs: int = 7, warmup: int = 2, cache: Path | None = None) -> None:
         self.threads, self.runs, self.warmup = threads, runs, warmup
@@ -124,6 +126,13 @@ class ConvTimer:
     def __call__(self, call: ConvCall) -> float:
         key = conv_key(call)
         if key not in self.entries:
+            if not self.measured:  # the first miss: say why the next seconds go by
+                print(
+                    f"timing convolutions alone with onnxruntime for the latency table ({self.threads} thread(s); "
+                    f"cached in {self.path.parent})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             s = session(conv_onnx(call), self.threads)
             x = np.random.default_rng(0).random((1, call.in_channels, *call.size), dtype=np.float32)
             self.entries[key] = time_calls(lambda: s.run(None, {"x": x}), self.runs, self.warmup).p50
