@@ -113,7 +113,8 @@ def greedy(
         if count is None:
             return None
         for _ in range(LOOKAHEAD):
-            block, saved = unit.block(count), saving(unit.block(count))
+            block = unit.block(count)
+            saved = saving(block)
             further = unit.next_count(round_to, count) if saved <= 1e-12 else None
             if further is None:
                 break

@@ -294,7 +294,7 @@ def choose(
     if goal.units is not None:
         selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
     elif latency is not None:
-        ranking = latency if cost == "latency" else LatencyModel(graph, conv_macs)
+        ranking = latency if cost == "latency" else LatencyModel(graph, conv_macs, quantum=1)  # MACs: exact, unblocked
         selection = by_cost(graph, scores, goal, ranking, latency, max_ratio, round_to, comparable)
         if goal.fraction is not None:
             _check_reached(graph, goal, selection, latency, max_ratio, round_to, notes)
