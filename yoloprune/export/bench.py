@@ -117,12 +117,17 @@ def onnx_counts(path: str | Path) -> tuple[int, int]:
     return macs, params
 
 
-def bench(model: str | Path, imgsz: int = 640, threads: int = 1, runs: int = 50, warmup: int = 10) -> BenchResult:
-    """Benchmark a checkpoint or config (exported to a temporary ONNX file first) or an ONNX file."""
+def bench(
+    model: str | Path, imgsz: int = 640, threads: int | None = None, runs: int = 50, warmup: int = 10
+) -> BenchResult:
+    """Benchmark a checkpoint or config (exported to a temporary ONNX file first) or an ONNX file, with ``threads``
+    (default: every core this process may use, as the command line)."""
     from yoloprune.adapters import load_model
     from yoloprune.images import check_imgsz
+    from yoloprune.options import default_threads
 
     check_imgsz(imgsz)
+    threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if Path(model).suffix == ".onnx":
