@@ -5,6 +5,7 @@ No test times anything: the tables here hold MACs or made-up costs, and the whol
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,14 @@ from yoloprune.graph import build
 from yoloprune.graph.records import ConvCall
 from yoloprune.pruning.importance import channel_scores as run_scores
 from yoloprune.pruning.knapsack import conv_macs
-from yoloprune.pruning.latency import LatencyBudget, LatencyModel, grid_widths
+from yoloprune.pruning.latency import (
+    QUANTUM,
+    LatencyBudget,
+    LatencyModel,
+    block_widths,
+    channel_block,
+    grid_widths,
+)
 from yoloprune.pruning.run import prune as run_prune
 from yoloprune.pruning.settings import PruneSettings
 
@@ -45,13 +53,16 @@ def test_grid_widths_round_up_to_the_runtimes_blocks():
     assert grid_widths(100, quantum=8) == (32, 56, 80, 100)
     assert grid_widths(24) == (6, 12, 18, 24)  # narrower than two blocks: every width may be used
     assert grid_widths(1) == (1,)
+    assert block_widths(64) == (16, 32, 48, 64)  # outputs: every multiple of 16 and the full width
+    assert block_widths(100) == (16, 32, 48, 64, 80, 96, 100)
+    assert block_widths(24) == grid_widths(24) and block_widths(100, quantum=1) == grid_widths(100, quantum=1)
 
 
 def test_a_table_of_macs_predicts_exactly_what_the_graph_counts():
     """MACs are bilinear in the kept widths, so the interpolated table must equal the graph's own count."""
     net = randomize(from_config("yolov8n.yaml"))
     graph = graph_of(net)
-    table = LatencyModel(graph, conv_macs)
+    table = LatencyModel(graph, conv_macs, quantum=1)
     nothing = np.zeros(graph.num_comps, dtype=bool)
     assert table.predict() == pytest.approx(graph.trace.macs / 1e6, rel=1e-9)
     rng = np.random.default_rng(0)
@@ -71,7 +82,7 @@ def test_a_depthwise_convolution_is_costed_by_its_kept_channels():
         nn.Conv2d(32, 8, 1),
     )
     graph = build(net, torch.zeros(1, 3, 16, 16))
-    table = LatencyModel(graph, conv_macs)
+    table = LatencyModel(graph, conv_macs, quantum=1)
     removed = np.zeros(graph.num_comps, dtype=bool)
     (group,) = graph.prunable_groups  # the first conv's outputs flow through the depthwise one
     removed[group.comps[:8]] = True
@@ -113,28 +124,48 @@ def test_a_latency_goal_is_met_in_predicted_milliseconds():
     assert 0.47 <= after / before <= 0.5
 
 
-def off_block_is_slow(call: ConvCall) -> float:
-    """A made-up runtime that computes in blocks of 16 channels and takes twice as long off them."""
-    aligned = call.in_channels % 16 == 0 and call.out_channels % 16 == 0
-    return conv_macs(call) * (1.0 if aligned or min(call.in_channels, call.out_channels) < 16 else 2.0)
+def blocked(call: ConvCall) -> float:
+    """A made-up runtime that computes in blocks of 16 channels and, above 64 outputs, splits outputs in steps of 32
+    (as onnxruntime does on AVX-512 with 2 threads): a width costs what the step above it costs."""
+
+    def up(width: int, step: int) -> int:
+        return -(-width // step) * step
+
+    cout = up(call.out_channels, QUANTUM if call.out_channels <= 64 else 2 * QUANTUM)
+    return conv_macs(replace(call, in_channels=up(call.in_channels, QUANTUM), out_channels=cout))
 
 
-def test_widths_off_the_runtimes_block_are_charged_and_avoided():
+def test_the_runtimes_channel_block_is_found_by_timing():
+    assert channel_block(blocked) == 16
+    assert channel_block(lambda c: conv_macs(replace(c, out_channels=-(-c.out_channels // 8) * 8))) == 8
+    assert channel_block(conv_macs) == 1  # every channel costs
+    assert channel_block(slow_at_full_resolution) == 1
+
+
+def test_the_table_reads_every_output_step_and_rounds_widths_up_to_the_block():
     graph = graph_of(randomize(from_config("yolov8s.yaml")))
-    table = LatencyModel(graph, off_block_is_slow)
-    layer = next(x for x in table.layers if x.name == "model.2.m.0.cv1.conv.weight")  # 32 -> 32
-    assert (layer.off_in, layer.off_out) == (pytest.approx(2.0), pytest.approx(2.0))
-    assert layer.ms(32, 24) == pytest.approx(2 * layer.aligned_ms(32, 24)) and layer.ms(32, 16) == layer.aligned_ms(
-        32, 16
-    )
-    widths = {}
+    table = LatencyModel(graph, blocked)
+    assert table.quantum == 16
+    layer = next(x for x in table.layers if x.name == "model.8.cv2.conv.weight")  # 768 -> 512
+    first = layer.calls[0]
+    assert layer.outs == tuple(range(16, 513, 16)) and layer.ins == (192, 384, 576, 768)
+    for cin, cout in [(768, 512), (768, 500), (700, 480), (600, 470), (200, 90), (100, 33), (17, 40)]:
+        assert layer.ms(cin, cout) == pytest.approx(blocked(replace(first, in_channels=cin, out_channels=cout)))
+    assert layer.ms(768, 72) == layer.ms(768, 96) > layer.ms(768, 64)
+
+
+def test_latency_ranking_keeps_widths_on_the_runtimes_blocks():
+    widths, predicted = {}, {}
     for cost in ("macs", "latency"):
         net = randomize(from_config("yolov8s.yaml"))
-        budget = LatencyBudget(lambda g: LatencyModel(g, off_block_is_slow))
-        run_prune(net, X, PruneSettings(target_macs=0.5, cost=cost, round_to=8), latency=budget)
+        budget = LatencyBudget(lambda g: LatencyModel(g, blocked))
+        report = run_prune(net, X, PruneSettings(target_macs=0.5, cost=cost, round_to=8), latency=budget)
+        assert report.macs_ratio == pytest.approx(0.5, abs=0.02)
         widths[cost] = [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels >= 32]
+        predicted[cost] = LatencyModel(graph_of(net), blocked).predict()
     assert any(w % 16 for w in widths["macs"])  # ranked per MAC, some widths land between blocks
     assert not any(w % 16 for w in widths["latency"])  # ranked per millisecond, none does
+    assert predicted["latency"] < 0.98 * predicted["macs"]  # 75.5 against 77.7 when written
 
 
 def test_run_prune_refuses_latency_without_a_table():

@@ -1,11 +1,14 @@
 """Predict a pruned model's latency from a table of its convolutions' latencies over widths.
 
-Every traced 2-d convolution is timed alone (with its activation) over a grid of kept input and output widths on the
-runtime's channel block, and half a block off it on each side, by a function the caller gives
-(``yoloprune.export.latency_table`` times them with onnxruntime on this machine and caches them). Between grid points
-the table is interpolated bilinearly (below the smallest in proportion to the width), and a width off the block is
-charged its side's measured factor. What the table does not hold (post-processing, concatenations, reordering) is a
-constant ``overhead``, which the caller sets from one measurement of the whole model. Knows no runtime: it is handed
+Every traced 2-d convolution is timed alone (with its activation) by a function the caller gives
+(``yoloprune.export.latency_table`` times them with onnxruntime on this machine and caches them): at every output
+width on the runtime's channel block with its full input, and at a grid of input widths with its full output. A kept
+width is rounded up to the block (a runtime computes whole blocks), the output profile is read there, and scaled by
+the input profile (interpolated linearly between its widths) over its value at full width. Reading every output
+width catches what a grid would miss: with 2 threads onnxruntime splits a convolution's outputs in steps of 32 or
+64 channels (a 3x3 convolution at 80x80 with 64 inputs took 3.25 ms with 72 and with 80 outputs, 4.38 ms with 104
+and with 112, here). What the table does not hold (post-processing, concatenations, reordering) is a constant
+``overhead``, which the caller sets from one measurement of the whole model. Knows no runtime: it is handed
 ``measure`` and calls nothing by name.
 Also here: ``next_fraction``, which aims a latency target's next candidate from the ones timed before.
 """
@@ -22,23 +25,49 @@ from yoloprune.graph import Graph
 from yoloprune.graph.records import ConvCall
 
 GRID = (0.25, 0.5, 0.75, 1.0)
-"""Fractions of each full width the table is measured at."""
+"""Fractions of each full input width the table is measured at."""
 
 Measure = Callable[[ConvCall], float]
 """Milliseconds of one convolution (and its activation) run alone."""
 
 
 QUANTUM = 16
-"""Channel block the table is aligned to: onnxruntime's CPU convolutions work in blocks of 16 channels on AVX-512
-(8 on AVX2), and a width off the block can take twice as long (a 3x3 convolution at 80x80 with 56 input channels
-took 8.6 ms here, with 64 4.4 ms); widths off the block are charged a factor measured per layer."""
+"""The widest channel block ``channel_block`` looks for: onnxruntime's CPU convolutions work in blocks of 16
+channels on AVX-512 (8 on AVX2), so a width off the block costs what the block above it costs (measured here: 56
+input or output channels took as long as 64)."""
+
+PROBE = ConvCall(64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, (40, 40))
+"""The convolution ``channel_block`` times at a few output widths."""
+
+
+def channel_block(measure: Measure, widest: int = QUANTUM) -> int:
+    """The channel block a runtime computes in, from a few timings of ``PROBE``: the widest power of two up to
+    ``widest`` at which a width half a block below a block costs (nearly) what the block costs; 1 when none does
+    (cost grows with every channel)."""
+    full = measure(PROBE)
+    q = widest
+    while q > 1:
+        below = measure(replace(PROBE, out_channels=PROBE.out_channels - q))
+        half = measure(replace(PROBE, out_channels=PROBE.out_channels - q // 2))
+        if full > below and half >= below + 0.75 * (full - below):
+            return q
+        q //= 2
+    return 1
 
 
 def grid_widths(channels: int, quantum: int = QUANTUM) -> tuple[int, ...]:
-    """The widths a layer of ``channels`` is timed at: ``GRID`` fractions rounded up to multiples of ``quantum``
-    (every width for layers narrower than two blocks)."""
+    """The input widths a layer of ``channels`` is timed at: ``GRID`` fractions rounded up to multiples of
+    ``quantum`` (every width for layers narrower than two blocks)."""
     q = quantum if channels >= 2 * quantum else 1
     return tuple(sorted({min(channels, max(1, q * math.ceil(f * channels / q))) for f in GRID}))
+
+
+def block_widths(channels: int, quantum: int = QUANTUM) -> tuple[int, ...]:
+    """The output widths a layer of ``channels`` is timed at: every multiple of ``quantum`` and the full width
+    (``grid_widths`` for layers narrower than two blocks and for ``quantum`` 1, where cost is linear in width)."""
+    if quantum == 1 or channels < 2 * quantum:
+        return grid_widths(channels, quantum)
+    return tuple(sorted({*range(quantum, channels + 1, quantum), channels}))
 
 
 def _interp(x: float, xs: tuple[int, ...], ys: np.ndarray) -> float:
@@ -52,54 +81,36 @@ def _interp(x: float, xs: tuple[int, ...], ys: np.ndarray) -> float:
 @dataclass
 class Layer:
     """One convolution weight: its calls at full width, the components of its output and input channels, its
-    latency table over ``(ins, outs)`` widths (summed over its calls), and the factors a width off the ``quantum``
-    block costs on each side."""
+    milliseconds (summed over its calls) at ``outs`` widths with the full input and at ``ins`` widths with the full
+    output, and the runtime's channel block it rounds widths up to."""
 
     name: str
     calls: list[ConvCall]
     out_comps: np.ndarray
     in_comps: np.ndarray | None  # None: depthwise (the input is the output's channels)
-    ins: tuple[int, ...]
     outs: tuple[int, ...]
-    table: np.ndarray
+    out_ms: np.ndarray
+    ins: tuple[int, ...]
+    in_ms: np.ndarray
     quantum: int = 1
-    off_in: float = 1.0
-    off_out: float = 1.0
 
     @property
     def depthwise(self) -> bool:
         return self.in_comps is None
 
-    def aligned_ms(self, kept_in: float, kept_out: float) -> float:
-        """Milliseconds interpolated between the table's widths (all on the block)."""
-        if self.depthwise:
-            return _interp(kept_out, self.outs, self.table[0])
-        rows = np.array([_interp(kept_out, self.outs, row) for row in self.table])
-        return _interp(kept_in, self.ins, rows)
+    def _on_block(self, kept: float, channels: int) -> float:
+        q = self.quantum if channels >= 2 * self.quantum else 1
+        return min(float(channels), q * math.ceil(round(kept) / q)) if q > 1 and kept > 0 else kept
 
     def ms(self, kept_in: float, kept_out: float) -> float:
-        """Milliseconds at these kept widths, a width off the block charged its side's factor."""
-        ms = self.aligned_ms(kept_in, kept_out)
-        if self.off_out != 1.0 and round(kept_out) % self.quantum:
-            ms *= self.off_out
-        if self.off_in != 1.0 and round(kept_in) % self.quantum:
-            ms *= self.off_in
-        return ms
-
-    def measure_offsets(self, measure: Measure) -> None:
-        """Time each side one half-block off its full width (when the full width is on the block) and keep how much
-        slower than the interpolation that is (never less than 1)."""
-        first, q, half = self.calls[0], self.quantum, self.quantum // 2
-        cin, cout = first.in_channels, first.out_channels
-
-        def factor(at_in: int, at_out: int) -> float:
-            timed = sum(measure(_at(c, at_in, at_out, self.depthwise)) for c in self.calls)
-            return max(1.0, timed / max(self.aligned_ms(at_in, at_out), 1e-12))
-
-        if q > 1 and cout >= 2 * q and cout % q == 0:
-            self.off_out = factor(cin if not self.depthwise else cout - half, cout - half)
-        if q > 1 and not self.depthwise and first.groups == 1 and cin >= 2 * q and cin % q == 0:
-            self.off_in = factor(cin - half, cout)
+        """Milliseconds at these kept widths (each rounded up to the block)."""
+        first = self.calls[0]
+        ms = _interp(self._on_block(kept_out, first.out_channels), self.outs, self.out_ms)
+        if self.depthwise or len(self.ins) == 1:
+            return ms
+        full = float(self.in_ms[-1])
+        kept = self._on_block(kept_in, first.in_channels)
+        return ms * _interp(kept, self.ins, self.in_ms) / full if full > 0 else ms
 
 
 def _at(call: ConvCall, cin: int, cout: int, depthwise: bool) -> ConvCall:
@@ -108,6 +119,10 @@ def _at(call: ConvCall, cin: int, cout: int, depthwise: bool) -> ConvCall:
         mult = max(call.out_channels // max(call.in_channels, 1), 1)
         return replace(call, in_channels=max(cout // mult, 1), out_channels=cout, groups=max(cout // mult, 1))
     return replace(call, in_channels=cin, out_channels=cout)
+
+
+def _timed(measure: Measure, calls: list[ConvCall], cin: int, cout: int, depthwise: bool) -> float:
+    return sum(measure(_at(c, cin, cout, depthwise)) for c in calls)
 
 
 def _scaled(call: ConvCall, scale: float) -> ConvCall:
@@ -125,12 +140,20 @@ class LatencyBudget:
 
 class LatencyModel:
     """Milliseconds a pruned version of ``graph``'s model would take: ``overhead`` plus every convolution's table at
-    its kept widths. ``scale`` times the layers at another input size (the latency size over the traced one)."""
+    its kept widths. ``scale`` times the layers at another input size (the latency size over the traced one);
+    ``quantum`` is the runtime's channel block (None: found by ``channel_block``)."""
 
     def __init__(
-        self, graph: Graph, measure: Measure, *, overhead: float = 0.0, scale: float = 1.0, quantum: int = QUANTUM
+        self,
+        graph: Graph,
+        measure: Measure,
+        *,
+        overhead: float = 0.0,
+        scale: float = 1.0,
+        quantum: int | None = None,
     ) -> None:
         self.graph = graph
+        self.quantum = quantum = channel_block(measure) if quantum is None else quantum
         self.overhead = overhead
         comps = {(m.name, m.dim): c for m, c in zip(graph.members, graph.member_comps) if not m.is_buffer}
         self.layers: list[Layer] = []
@@ -140,16 +163,13 @@ class LatencyModel:
             out_comps = comps.get((name, 0), np.zeros(0, dtype=np.int64))
             depthwise = first.groups > 1 and first.groups == first.in_channels
             in_comps = None if depthwise else comps.get((name, 1), np.zeros(0, dtype=np.int64))
-            outs = grid_widths(first.out_channels, quantum)
+            outs = block_widths(first.out_channels, quantum)
             ins = (first.in_channels,) if depthwise else grid_widths(first.in_channels, quantum)
             if not depthwise and first.groups > 1:  # each group keeps the same input positions: whole groups' worth
                 ins = tuple(sorted({max(first.groups, first.groups * round(w / first.groups)) for w in ins}))
-            table = np.array(
-                [[sum(measure(_at(c, cin, cout, depthwise)) for c in calls) for cout in outs] for cin in ins]
-            )
-            layer = Layer(name, calls, out_comps, in_comps, ins, outs, table, quantum)
-            layer.measure_offsets(measure)
-            self.layers.append(layer)
+            out_ms = np.array([_timed(measure, calls, first.in_channels, w, depthwise) for w in outs])
+            in_ms = np.array([_timed(measure, calls, w, first.out_channels, depthwise) for w in ins])
+            self.layers.append(Layer(name, calls, out_comps, in_comps, outs, out_ms, ins, in_ms, quantum))
         self._by_comp: dict[int, list[int]] = {}
         for i, layer in enumerate(self.layers):
             touched = layer.out_comps if layer.in_comps is None else np.concatenate([layer.out_comps, layer.in_comps])
@@ -200,4 +220,15 @@ def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 
     return float(min(max(fraction, 0.5 * lowest, 0.01), 1.0))
 
 
-__all__ = ["GRID", "QUANTUM", "LatencyBudget", "LatencyModel", "Layer", "Measure", "grid_widths", "next_fraction"]
+__all__ = [
+    "GRID",
+    "QUANTUM",
+    "LatencyBudget",
+    "LatencyModel",
+    "Layer",
+    "Measure",
+    "block_widths",
+    "channel_block",
+    "grid_widths",
+    "next_fraction",
+]
