@@ -175,6 +175,31 @@ def test_run_prune_refuses_latency_without_a_table():
         run_prune(from_config("yolov8n.yaml"), X, PruneSettings(target_macs=0.5, cost="latency"))
 
 
+def relative(clock):
+    """``bench.relative_latency`` on a deterministic ``clock``."""
+    return lambda model, reference, imgsz, threads, **_: clock(model, imgsz, threads) / clock(reference, imgsz, threads)
+
+
+def test_relative_latency_takes_turns_so_a_drifting_machine_cancels_out(monkeypatch):
+    """The model and its reference are timed in alternate rounds and the median per-round ratio is returned: a
+    machine whose speed swings by 30% between rounds still gives the model's true share."""
+    from yoloprune.export import bench
+
+    drift = [1.0, 1.3, 0.8, 1.1]
+    calls = []
+
+    def clock(run, runs, warmup):
+        index = len(calls)
+        calls.append(run() is not None)  # each runner really runs its exported model
+        share = 1.0 if index % 2 == 0 else 0.4  # reference first, then the model, in every round
+        return bench.Timing(10.0 * drift[index // 2] * share, 0.0, 0.0, runs, warmup)
+
+    monkeypatch.setattr(bench, "time_calls", clock)
+    net = from_config("yolov8n.yaml").eval()
+    assert bench.relative_latency(net, net, 64, 1, rounds=4, runs=3) == pytest.approx(0.4)
+    assert calls == [True] * 8
+
+
 def test_latency_target_lands_under_budget(monkeypatch):
     """The target path end to end on deterministic clocks: the whole model takes its MACs in microseconds plus a
     fixed 2 ms, so the table's prediction is exact and the first candidate fits."""
@@ -187,6 +212,7 @@ def test_latency_target_lands_under_budget(monkeypatch):
     from yoloprune.pruning import run
 
     monkeypatch.setattr(bench, "module_latency", clock)
+    monkeypatch.setattr(bench, "relative_latency", relative(clock))
     monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     scored = []
     monkeypatch.setattr(run, "channel_scores", lambda *a, **k: scored.append(1) or run_scores(*a, **k))
@@ -263,6 +289,7 @@ def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypat
         return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e9
 
     monkeypatch.setattr(bench, "module_latency", clock)
+    monkeypatch.setattr(bench, "relative_latency", relative(clock))
     monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     unpruned = clock(from_config("yolov8n.yaml"), 64, 1)
     out = tmp_path / "p.pt"

@@ -51,12 +51,14 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     table = ConvTimer(args.threads)
     for cfg in args.models:
+        torch.manual_seed(0)  # the same random weights, hence the same selection, in every run
         base = from_config(cfg).eval()
         convs = LatencyModel(build(base, x, outputs=resolve(base).outputs), table).predict()
         rows = [(cfg, "1.00", "-", "-", base)]
         for target in args.targets:
             for round_to in args.round_to:
                 for cost in args.cost:
+                    torch.manual_seed(0)
                     model = from_config(cfg).eval()
                     settings = {"target_macs": target, "round_to": round_to, "cost": cost}
                     yoloprune.prune(model, x, latency_threads=args.threads, **settings)

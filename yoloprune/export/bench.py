@@ -75,13 +75,17 @@ def time_calls(call: Callable[[], Any], runs: int = 50, warmup: int = 10) -> Tim
     )
 
 
-def onnx_latency(path: str | Path, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
-    """onnxruntime CPU latency of an ONNX file on a random image batch of one."""
-    s = session(path, threads, imgsz)
+def _runner(s: Any, imgsz: int) -> Callable[[], Any]:
+    """One forward pass of session ``s`` on a fixed random image batch of one."""
     inp = s.get_inputs()[0]
     dtype = np.float16 if "float16" in inp.type else np.float32
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz)).astype(dtype)
-    return time_calls(lambda: s.run(None, {inp.name: x}), runs, warmup)
+    return lambda: s.run(None, {inp.name: x})
+
+
+def onnx_latency(path: str | Path, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
+    """onnxruntime CPU latency of an ONNX file on a random image batch of one."""
+    return time_calls(_runner(session(path, threads, imgsz), imgsz), runs, warmup)
 
 
 def torch_latency(net: torch.nn.Module, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
@@ -157,3 +161,22 @@ def module_latency(model: nn.Module, imgsz: int, threads: int, runs: int = 20) -
         path = Path(tmp) / "probe.onnx"
         export_onnx(model, path, imgsz=imgsz)
         return onnx_latency(path, imgsz, threads, runs=runs, warmup=5).p50
+
+
+def relative_latency(
+    model: nn.Module, reference: nn.Module, imgsz: int, threads: int, rounds: int = 4, runs: int = 8
+) -> float:
+    """``model``'s onnxruntime latency over ``reference``'s, both exported (verified) and timed in ``rounds``
+    interleaved rounds of ``runs``: the median of the per-round ratios, so a drift in the machine's speed (10-25%
+    between minutes with 2 threads on a 2-core machine, measured here) hits both alike."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = []
+        for name, net in (("reference", reference), ("model", model)):
+            path = Path(tmp) / f"{name}.onnx"
+            export_onnx(net, path, imgsz=imgsz)
+            runners.append(_runner(session(path, threads, imgsz), imgsz))
+        ratios = []
+        for _ in range(rounds):
+            ref, ms = (time_calls(run, runs, warmup=2).p50 for run in runners)
+            ratios.append(ms / ref)
+        return statistics.median(ratios)

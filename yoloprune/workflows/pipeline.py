@@ -213,18 +213,21 @@ def _fit_latency(
 ) -> tuple[float, float]:
     """The share of the predicted latency to prune to, and its measured milliseconds: start at the target's share of
     the unpruned latency, then aim each copy by the ones timed so far (``latency.next_fraction``) until one lands
-    within 3% under the target."""
-    from yoloprune.export.bench import module_latency
+    within 3% under the target. Each copy is timed against the unpruned model in interleaved rounds, its
+    milliseconds the ratio times ``unpruned_ms``, so the machine's drift between timings does not move the cut."""
+    from yoloprune.export.bench import relative_latency
 
     if unpruned_ms <= target:
         raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
+    reference = resolve(model, settings.family, settings.prune_head).module
     timed: list[tuple[float, float]] = []
     fraction = target / unpruned_ms
     for _ in range(tries):
         probe = copy.deepcopy(model)
         prune_copy(probe, fraction)
         net = resolve(probe, settings.family, settings.prune_head).module
-        timed.append((fraction, module_latency(net, imgsz, settings.latency_threads)))
+        ratio = relative_latency(net, reference, imgsz, settings.latency_threads)
+        timed.append((fraction, ratio * unpruned_ms))
         fits = [t for t in timed if t[1] <= target]
         if fits and max(ms for _, ms in fits) >= 0.97 * target:
             break
