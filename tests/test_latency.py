@@ -312,3 +312,20 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
     # both over: through the two nearest, never below half the deepest cut tried
     assert next_fraction([(0.5, 120.0), (0.45, 118.0)], 100.0) == pytest.approx(0.225)
     assert next_fraction([(0.5, 104.0), (0.48, 102.0)], 100.0) == pytest.approx(0.48 - 3.5 / 2 * 0.02)
+
+
+def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
+    """A copy that measures the same whatever is cut (60 ms for a 100 ms target) keeps aiming at one share; once a
+    share has been timed, the next is taken 2% deeper rather than timed again."""
+    from yoloprune.export import bench
+    from yoloprune.workflows.pipeline import _fit_latency
+
+    monkeypatch.setattr(bench, "relative_latency", lambda *a, **k: 0.3)
+    tried: list[float] = []
+    fraction, measured = _fit_latency(
+        from_config("yolov8n.yaml"), 100.0, 200.0, 64, PruneSettings(), lambda net, f: tried.append(f)
+    )
+    assert len(tried) == 6 and len(set(tried)) == 6
+    aimed = 0.5 * 98.5 / 60  # in proportion from the first copy, every time: each repeat goes 2% deeper instead
+    assert tried == pytest.approx([0.5, aimed, *(aimed * 0.98**k for k in range(1, 5))])
+    assert (fraction, measured) == (0.5, pytest.approx(60.0))  # every copy fits: the first of the fastest is kept
