@@ -16,6 +16,7 @@ from torch import nn
 import yoloprune
 from yoloprune.adapters import resolve
 from yoloprune.adapters.ultralytics import from_config
+from yoloprune.export.onnx import export_onnx
 from yoloprune.graph import build
 from yoloprune.graph.records import ConvCall
 from yoloprune.pruning.importance import channel_scores as run_scores
@@ -175,12 +176,12 @@ def test_run_prune_refuses_latency_without_a_table():
         run_prune(from_config("yolov8n.yaml"), X, PruneSettings(target_macs=0.5, cost="latency"))
 
 
-def relative(clock):
-    """``bench.relative_latency`` on a deterministic ``clock``."""
-    return lambda model, reference, imgsz, threads, **_: clock(model, imgsz, threads) / clock(reference, imgsz, threads)
+def relative(clock, unpruned_ms):
+    """``bench.relative_latency`` on a deterministic ``clock``, against an unpruned model that takes ``unpruned_ms``."""
+    return lambda model, reference, imgsz, threads, **_: clock(model, imgsz, threads) / unpruned_ms
 
 
-def test_relative_latency_takes_turns_so_a_drifting_machine_cancels_out(monkeypatch):
+def test_relative_latency_takes_turns_so_a_drifting_machine_cancels_out(monkeypatch, tmp_path):
     """The model and its reference are timed in alternate rounds and the median per-round ratio is returned: a
     machine whose speed swings by 30% between rounds still gives the model's true share."""
     from yoloprune.export import bench
@@ -194,9 +195,12 @@ def test_relative_latency_takes_turns_so_a_drifting_machine_cancels_out(monkeypa
         share = 1.0 if index % 2 == 0 else 0.4  # reference first, then the model, in every round
         return bench.Timing(10.0 * drift[index // 2] * share, 0.0, 0.0, runs, warmup)
 
-    monkeypatch.setattr(bench, "time_calls", clock)
     net = from_config("yolov8n.yaml").eval()
-    assert bench.relative_latency(net, net, 64, 1, rounds=4, runs=3) == pytest.approx(0.4)
+    reference = tmp_path / "reference.onnx"
+    export_onnx(net, reference, imgsz=64)
+    monkeypatch.setattr(bench, "time_calls", clock)
+    assert bench.relative_latency(net, reference, 64, 1, rounds=4, runs=3) == pytest.approx(0.4)
+    assert reference.is_file()  # the reference is read, never replaced
     assert calls == [True] * 8
 
 
@@ -212,12 +216,12 @@ def test_latency_target_lands_under_budget(monkeypatch):
     from yoloprune.pruning import run
 
     monkeypatch.setattr(bench, "module_latency", clock)
-    monkeypatch.setattr(bench, "relative_latency", relative(clock))
     monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     scored = []
     monkeypatch.setattr(run, "channel_scores", lambda *a, **k: scored.append(1) or run_scores(*a, **k))
     model = randomize(from_config("yolov8n.yaml"))
     unpruned = clock(model, 128, 1)
+    monkeypatch.setattr(bench, "relative_latency", relative(clock, unpruned))
     budget = 2.0 + 0.5 * (unpruned - 2.0)
     report = yoloprune.prune(model, X, target_latency_ms=budget, latency_imgsz=128, latency_threads=2)
     assert report.latency_ms == pytest.approx(clock(model, 128, 1))
@@ -289,9 +293,9 @@ def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypat
         return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e9
 
     monkeypatch.setattr(bench, "module_latency", clock)
-    monkeypatch.setattr(bench, "relative_latency", relative(clock))
     monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     unpruned = clock(from_config("yolov8n.yaml"), 64, 1)
+    monkeypatch.setattr(bench, "relative_latency", relative(clock, unpruned))
     out = tmp_path / "p.pt"
     budget = f"{2.0 + 0.6 * (unpruned - 2.0):.4f}"
     assert main(["prune", "yolov8n.yaml", "-o", str(out), "--imgsz", "64", "--target-latency", budget]) == 0
@@ -312,6 +316,8 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
     # both over: through the two nearest, never below half the deepest cut tried
     assert next_fraction([(0.5, 120.0), (0.45, 118.0)], 100.0) == pytest.approx(0.225)
     assert next_fraction([(0.5, 104.0), (0.48, 102.0)], 100.0) == pytest.approx(0.48 - 3.5 / 2 * 0.02)
+    # never a share already timed: the whole model measured under the target aims at 1.0, timed already: 0.98
+    assert next_fraction([(1.0, 60.0)], 100.0) == pytest.approx(0.98)
 
 
 def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):

@@ -164,17 +164,15 @@ def module_latency(model: nn.Module, imgsz: int, threads: int, runs: int = 20) -
 
 
 def relative_latency(
-    model: nn.Module, reference: nn.Module, imgsz: int, threads: int, rounds: int = 4, runs: int = 8
+    model: nn.Module, reference: str | Path, imgsz: int, threads: int, rounds: int = 4, runs: int = 8
 ) -> float:
-    """``model``'s onnxruntime latency over ``reference``'s, both exported (verified) and timed in ``rounds``
-    interleaved rounds of ``runs``: the median of the per-round ratios, so a drift in the machine's speed (10-25%
-    between minutes with 2 threads on a 2-core machine, measured here) hits both alike."""
+    """``model``'s onnxruntime latency over that of the ONNX file ``reference``, ``model`` exported (verified) and
+    both timed in ``rounds`` interleaved rounds of ``runs``: the median of the per-round ratios, so a drift in the
+    machine's speed (10-25% between minutes with 2 threads on a 2-core machine, measured here) hits both alike."""
     with tempfile.TemporaryDirectory() as tmp:
-        runners = []
-        for name, net in (("reference", reference), ("model", model)):
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(net, path, imgsz=imgsz)
-            runners.append(_runner(session(path, threads, imgsz), imgsz))
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path, imgsz=imgsz)
+        runners = [_runner(session(p, threads, imgsz), imgsz) for p in (reference, path)]
         ratios = []
         for _ in range(rounds):
             ref, ms = (time_calls(run, runs, warmup=2).p50 for run in runners)

@@ -205,7 +205,8 @@ class LatencyModel:
 def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 0.985) -> float:
     """The next share of the predicted latency to try, from ``(share, measured ms)`` pairs timed so far: aimed at
     ``aim`` x ``target`` by interpolating between the nearest timed shares on either side of it, or through the two
-    nearest when all lie on one side, or in proportion from a single one."""
+    nearest when all lie on one side, or in proportion from a single one; never a share already timed (timing it
+    again would only measure noise), 2% deeper instead."""
     goal = aim * target
     ordered = sorted(timed, key=lambda t: abs(t[1] - goal))
     under = [t for t in ordered if t[1] <= goal]
@@ -217,7 +218,10 @@ def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 
     else:
         fraction = ordered[0][0] * goal / ordered[0][1]
     lowest = min(f for f, _ in timed)  # never more than halve the deepest cut tried: extrapolation is a guess
-    return float(min(max(fraction, 0.5 * lowest, 0.01), 1.0))
+    fraction = min(max(fraction, 0.5 * lowest, 0.01), 1.0)
+    while any(abs(fraction - f) < 1e-4 for f, _ in timed):
+        fraction *= 0.98
+    return float(fraction)
 
 
 __all__ = [

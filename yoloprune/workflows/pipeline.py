@@ -8,6 +8,7 @@ place (``default_teacher``), and a model is measured one way (``measure``).
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -216,24 +217,25 @@ def _fit_latency(
     within 3% under the target. Each copy is timed against the unpruned model in interleaved rounds, its
     milliseconds the ratio times ``unpruned_ms``, so the machine's drift between timings does not move the cut."""
     from yoloprune.export.bench import relative_latency
+    from yoloprune.export.onnx import export_onnx
 
     if unpruned_ms <= target:
         raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
-    reference = resolve(model, settings.family, settings.prune_head).module
     timed: list[tuple[float, float]] = []
     fraction = target / unpruned_ms
-    for _ in range(tries):
-        probe = copy.deepcopy(model)
-        prune_copy(probe, fraction)
-        net = resolve(probe, settings.family, settings.prune_head).module
-        ratio = relative_latency(net, reference, imgsz, settings.latency_threads)
-        timed.append((fraction, ratio * unpruned_ms))
-        fits = [t for t in timed if t[1] <= target]
-        if fits and max(ms for _, ms in fits) >= 0.97 * target:
-            break
-        fraction = next_fraction(timed, target)
-        while any(abs(fraction - f) < 1e-4 for f, _ in timed):  # timed already: again would only measure noise
-            fraction *= 0.98
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = Path(tmp) / "unpruned.onnx"  # exported once, timed beside every copy
+        export_onnx(resolve(model, settings.family, settings.prune_head).module, reference, imgsz=imgsz)
+        for _ in range(tries):
+            probe = copy.deepcopy(model)
+            prune_copy(probe, fraction)
+            net = resolve(probe, settings.family, settings.prune_head).module
+            ratio = relative_latency(net, reference, imgsz, settings.latency_threads)
+            timed.append((fraction, ratio * unpruned_ms))
+            fits = [t for t in timed if t[1] <= target]
+            if fits and max(ms for _, ms in fits) >= 0.97 * target:
+                break
+            fraction = next_fraction(timed, target)
     fits = [t for t in timed if t[1] <= target]
     if not fits:
         raise PruneError(
