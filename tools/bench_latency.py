@@ -2,6 +2,7 @@
 
     python tools/bench_latency.py [--models yolov8s.yaml yolo11s.yaml] [--targets 0.7 0.5 0.3] [--imgsz 640]
                                   [--threads 1] [--runs 50] [--rounds 5] [--round-to 8 1] [--cost macs latency]
+                                  [--prune-head]
 
 For every model: the unpruned one and, for each MACs target, round_to and cost, a pruned one, all exported first and
 then timed in ``--rounds`` interleaved rounds of ``--runs / --rounds`` runs each (the ratio of medians is what is
@@ -42,6 +43,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cost", nargs="+", default=["macs"], choices=["macs", "latency"])
+    parser.add_argument("--prune-head", action="store_true", help="prune the detection head's inner convolutions too")
     args = parser.parse_args()
     x = torch.zeros(1, 3, args.imgsz, args.imgsz)
     print(
@@ -60,7 +62,12 @@ def main() -> int:
                 for cost in args.cost:
                     torch.manual_seed(0)
                     model = from_config(cfg).eval()
-                    settings = {"target_macs": target, "round_to": round_to, "cost": cost}
+                    settings = {
+                        "target_macs": target,
+                        "round_to": round_to,
+                        "cost": cost,
+                        "prune_head": args.prune_head,
+                    }
                     yoloprune.prune(model, x, latency_threads=args.threads, **settings)
                     rows.append((cfg, f"{target:.2f}", str(round_to), cost, model))
         with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +84,7 @@ def main() -> int:
             macs = yoloprune.graph.counting.count_macs(model, x)
             params = sum(p.numel() for p in model.parameters())
             graph = build(model, x, outputs=resolve(model).outputs)
-            predicted = LatencyModel(graph, table).predict() + base_ms - convs  # + what the table leaves out
+            predicted = LatencyModel(graph, table).predict() * base_ms / convs  # the table's share of the unpruned
             print(
                 f"| {name} | {target} | {round_to} | {cost} | {macs / 1e9:.2f} | {params / 1e6:.2f} | {ms:.1f} | "
                 f"{ms / base_ms:.2f} | {predicted:.1f} |",
