@@ -118,10 +118,10 @@ def test_latency_cost_prunes_where_the_milliseconds_are():
 
 def test_a_latency_goal_is_met_in_predicted_milliseconds():
     net = randomize(from_config("yolov8n.yaml"))
-    budget = LatencyBudget(lambda g: LatencyModel(g, slow_at_full_resolution, overhead=5.0), fraction=0.5)
-    before = LatencyModel(graph_of(net), slow_at_full_resolution, overhead=5.0).predict()
+    budget = LatencyBudget(lambda g: LatencyModel(g, slow_at_full_resolution), fraction=0.5)
+    before = LatencyModel(graph_of(net), slow_at_full_resolution).predict()
     run_prune(net, X, PruneSettings(target_latency_ms=1.0, round_to=8), latency=budget)
-    after = LatencyModel(graph_of(net), slow_at_full_resolution, overhead=5.0).predict()
+    after = LatencyModel(graph_of(net), slow_at_full_resolution).predict()
     assert 0.47 <= after / before <= 0.5
 
 
@@ -233,6 +233,38 @@ def test_latency_target_lands_under_budget(monkeypatch):
     assert len(scored) == 1  # the candidate and the final prune score the same network once
 
 
+def test_a_latency_target_aims_from_a_given_unpruned_timing(monkeypatch):
+    """With ``latency_unpruned_ms`` the unpruned model is not timed again: every candidate's share is taken of the
+    given milliseconds (here 1.5x what the clock says, as if timed on a slower moment), so two runs given one timing
+    aim at the same share."""
+    from yoloprune.export import bench, latency_table
+    from yoloprune.graph.counting import count_macs
+
+    def clock(model, imgsz, threads, runs=20):
+        return count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e9
+
+    def never(*args, **kwargs):
+        raise AssertionError("the unpruned model was timed although its milliseconds were given")
+
+    monkeypatch.setattr(bench, "module_latency", never)
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
+    model = randomize(from_config("yolov8n.yaml"))
+    true_ms = clock(model, 128, 1)
+    monkeypatch.setattr(bench, "relative_latency", relative(clock, true_ms))
+    given = 1.5 * true_ms
+    report = yoloprune.prune(
+        model, X, target_latency_ms=0.6 * given, latency_unpruned_ms=given, latency_imgsz=128, latency_threads=1
+    )
+    share = clock(model, 128, 1) / true_ms
+    assert 0.97 * 0.6 <= share <= 0.6
+    assert report.latency_ms == pytest.approx(share * given)
+    assert report.settings["latency"]["unpruned_ms"] == given
+    with pytest.raises(ValueError, match="latency_unpruned_ms is the unpruned timing a target_latency_ms"):
+        PruneSettings(target_macs=0.5, latency_unpruned_ms=given)
+    with pytest.raises(ValueError, match="latency_unpruned_ms must be positive, got 0"):
+        PruneSettings(target_latency_ms=3.0, latency_unpruned_ms=0)
+
+
 def test_a_latency_target_the_model_already_meets_is_refused(monkeypatch):
     from yoloprune.export import bench, latency_table
 
@@ -306,6 +338,15 @@ def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypat
     assert section["settings"]["cost"] == "latency" and section["settings"]["latency"]["threads"] == default_threads()
 
 
+def test_the_cli_takes_a_known_unpruned_timing_only_with_a_latency_target(tmp_path, capsys):
+    from yoloprune.cli import main
+
+    out = tmp_path / "p.pt"
+    assert main(["prune", "yolov8n.yaml", "-o", str(out), "--target-macs", "0.5", "--unpruned-ms", "40"]) == 2
+    assert "latency_unpruned_ms is the unpruned timing a target_latency_ms is aimed from" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
     from yoloprune.pruning.latency import next_fraction
 
@@ -316,6 +357,9 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
     # both over: through the two nearest, never below half the deepest cut tried
     assert next_fraction([(0.5, 120.0), (0.45, 118.0)], 100.0) == pytest.approx(0.225)
     assert next_fraction([(0.5, 104.0), (0.48, 102.0)], 100.0) == pytest.approx(0.48 - 3.5 / 2 * 0.02)
+    # with the unpruned model among them: a line through it and one copy holds a constant cost the table left out
+    # (147 ms unpruned, 77 at half the table: 7 ms that do not shrink; aimed at 0.4671, not in proportion at 0.4701)
+    assert next_fraction([(1.0, 147.0), (0.5, 77.0)], 73.5) == pytest.approx(0.5 - (77.0 - 0.985 * 73.5) / 140)
     # never a share already timed: the whole model measured under the target aims at 1.0, timed already: 0.98
     assert next_fraction([(1.0, 60.0)], 100.0) == pytest.approx(0.98)
 
@@ -332,6 +376,32 @@ def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
         from_config("yolov8n.yaml"), 100.0, 200.0, 64, PruneSettings(), lambda net, f: tried.append(f)
     )
     assert len(tried) == 6 and len(set(tried)) == 6
-    aimed = 0.5 * 98.5 / 60  # in proportion from the first copy, every time: each repeat goes 2% deeper instead
+    aimed = 0.5 + (98.5 - 60) / 140 * 0.5  # between the first copy and the unpruned model (1.0, 200 ms), every
+    # time: each repeat goes 2% deeper instead
     assert tried == pytest.approx([0.5, aimed, *(aimed * 0.98**k for k in range(1, 5))])
     assert (fraction, measured) == (0.5, pytest.approx(60.0))  # every copy fits: the first of the fastest is kept
+
+
+def test_a_target_past_what_max_ratio_allows_is_timed_at_the_deepest_cut(monkeypatch):
+    """The table may call a target too deep when the runtime is faster than it was timed: the search then times the
+    deepest cut ``max_ratio`` allows (here 0.6 of the table, measured at 0.55 of the unpruned) and keeps it when it
+    fits; a target beyond even that is refused with what the fastest copy measured."""
+    from yoloprune.export import bench
+    from yoloprune.pruning.select import UnreachableTarget
+    from yoloprune.workflows.pipeline import _fit_latency
+
+    tried: list[float] = []
+
+    def prune_copy(net, fraction):
+        if fraction < 0.6 - 1e-9:
+            raise UnreachableTarget(f"{fraction} is past max_ratio", 0.6)
+        tried.append(fraction)
+
+    monkeypatch.setattr(bench, "relative_latency", lambda *a, **k: tried[-1] - 0.05)
+    model = from_config("yolov8n.yaml")
+    assert _fit_latency(model, 56.0, 100.0, 64, PruneSettings(), prune_copy) == (0.6, pytest.approx(55.0))
+    assert tried == [0.6]
+    tried.clear()
+    with pytest.raises(yoloprune.graph.PruneError, match=r"cannot reach 50\.0 ms: the fastest copy .* 55\.0 ms"):
+        _fit_latency(model, 50.0, 100.0, 64, PruneSettings(), prune_copy)
+    assert tried == [0.6]

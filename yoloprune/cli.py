@@ -62,6 +62,7 @@ def _prune(args: argparse.Namespace) -> int:
         target_latency_ms=args.target_latency_ms,
         latency_imgsz=args.imgsz,
         latency_threads=_threads(args),
+        latency_unpruned_ms=args.latency_unpruned_ms,
         global_ranking=args.global_ranking,
         cost=args.cost,
         max_ratio=args.max_ratio,
@@ -522,6 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1, help="reach the target in this many steps (1)")
     p.add_argument(
         "--threads", type=int, default=None, help="onnxruntime threads for latency (default: every core here)"
+    )
+    p.add_argument(
+        "--unpruned-ms",
+        dest="latency_unpruned_ms",
+        type=float,
+        metavar="MS",
+        help="the unpruned model's ms with --target-latency when already timed: aim from it, not a new timing",
     )
     p.add_argument("--prune-first", action="store_true", help="let the first layer be pruned too")
     p.add_argument("--data", help="labelled data yaml for --importance taylor and --finetune-epochs")

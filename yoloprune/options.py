@@ -54,6 +54,7 @@ SETTINGS: dict[str, Range] = {  # every float setting of the CLI, the recipes an
     "target_macs": Range(0, 1, open_low=True, open_high=True, noun="a fraction of the original"),
     "target_params": Range(0, 1, open_low=True, open_high=True, noun="a fraction of the original"),
     "target_latency_ms": Range(0, open_low=True),
+    "latency_unpruned_ms": Range(0, open_low=True),
     "max_ratio": Range(0, 1, open_low=True),
     "max_drop": Range(0, 1),
     "kd_weight": Range(0),

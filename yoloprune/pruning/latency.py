@@ -7,9 +7,10 @@ width is rounded up to the block (a runtime computes whole blocks), the output p
 the input profile (interpolated linearly between its widths) over its value at full width. Reading every output
 width catches what a grid would miss: with 2 threads onnxruntime splits a convolution's outputs in steps of 32 or
 64 channels (a 3x3 convolution at 80x80 with 64 inputs took 3.25 ms with 72 and with 80 outputs, 4.38 ms with 104
-and with 112, here). What the table does not hold (post-processing, concatenations, reordering) is a constant
-``overhead``, which the caller sets from one measurement of the whole model. Knows no runtime: it is handed
-``measure`` and calls nothing by name.
+and with 112, here). The prediction is the convolutions' sum. What it leaves out (post-processing,
+concatenations, reordering), and what moved since the table was timed (a machine whose speed drifts, a laptop off
+its charger), a latency target's search measures on the whole model (``next_fraction``). Knows no runtime: it is
+handed ``measure`` and calls nothing by name.
 Also here: ``next_fraction``, which aims a latency target's next candidate from the ones timed before.
 """
 
@@ -139,8 +140,8 @@ class LatencyBudget:
 
 
 class LatencyModel:
-    """Milliseconds a pruned version of ``graph``'s model would take: ``overhead`` plus every convolution's table at
-    its kept widths. ``scale`` times the layers at another input size (the latency size over the traced one);
+    """Milliseconds a pruned version of ``graph``'s convolutions would take: every convolution's table at its kept
+    widths. ``scale`` times the layers at another input size (the latency size over the traced one);
     ``quantum`` is the runtime's channel block (None: found by ``channel_block``)."""
 
     def __init__(
@@ -148,13 +149,11 @@ class LatencyModel:
         graph: Graph,
         measure: Measure,
         *,
-        overhead: float = 0.0,
         scale: float = 1.0,
         quantum: int | None = None,
     ) -> None:
         self.graph = graph
         self.quantum = quantum = channel_block(measure) if quantum is None else quantum
-        self.overhead = overhead
         comps = {(m.name, m.dim): c for m, c in zip(graph.members, graph.member_comps) if not m.is_buffer}
         self.layers: list[Layer] = []
         for name, calls in graph.trace.convs.items():
@@ -195,7 +194,7 @@ class LatencyModel:
     def predict(self, removed: np.ndarray | None = None) -> float:
         """Predicted milliseconds with the flagged components removed (none: the model as it is)."""
         removed = np.zeros(self.graph.num_comps, dtype=bool) if removed is None else removed
-        return self.overhead + sum(self.layer_ms(i, removed) for i in range(len(self.layers)))
+        return sum(self.layer_ms(i, removed) for i in range(len(self.layers)))
 
     def layers_touching(self, comps: np.ndarray) -> list[int]:
         """Indices of the layers whose input or output holds any of ``comps``."""
@@ -203,10 +202,12 @@ class LatencyModel:
 
 
 def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 0.985) -> float:
-    """The next share of the predicted latency to try, from ``(share, measured ms)`` pairs timed so far: aimed at
-    ``aim`` x ``target`` by interpolating between the nearest timed shares on either side of it, or through the two
-    nearest when all lie on one side, or in proportion from a single one; never a share already timed (timing it
-    again would only measure noise), 2% deeper instead."""
+    """The next share of the predicted latency to try, from ``(share, measured ms)`` pairs timed so far (the unpruned
+    model among them, at share 1.0): aimed at ``aim`` x ``target`` by interpolating between the nearest timed shares
+    on either side of it, or through the two nearest when all lie on one side, or in proportion from a single one.
+    A line through measured points holds what the table leaves out (a constant cost, a machine faster or slower
+    than when the table was timed). Never a share already timed (timing it again would only measure noise): 2%
+    deeper instead."""
     goal = aim * target
     ordered = sorted(timed, key=lambda t: abs(t[1] - goal))
     under = [t for t in ordered if t[1] <= goal]

@@ -35,6 +35,7 @@ class PruneSettings:
     target_latency_ms: float | None = field(default=None, metadata={"types": _number(optional=True)})
     latency_imgsz: int | None = field(default=None, metadata={"types": (int, type(None))})
     latency_threads: int | None = field(default=None, metadata={"types": (int, type(None))})
+    latency_unpruned_ms: float | None = field(default=None, metadata={"types": _number(optional=True)})
     cost: str | None = field(default=None, metadata={"types": (str, type(None))})
     unit_ratios: dict[str, float] | None = field(default=None, metadata={"types": (dict, type(None))})
     units_by: str = field(default="stage", metadata={"types": (str,)})
@@ -66,8 +67,11 @@ class PruneSettings:
             target_macs=self.target_macs,
             target_params=self.target_params,
             target_latency_ms=self.target_latency_ms,
+            latency_unpruned_ms=self.latency_unpruned_ms,
             max_ratio=self.max_ratio,
         )
+        if self.latency_unpruned_ms is not None and self.target_latency_ms is None:
+            raise ValueError("latency_unpruned_ms is the unpruned timing a target_latency_ms is aimed from; give one")
         for name in ("round_to", "steps", "latency_threads"):
             value = getattr(self, name)
             if value is None and name == "latency_threads":  # every core this process may use

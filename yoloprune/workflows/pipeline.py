@@ -23,6 +23,7 @@ from yoloprune.graph.registry import Policy
 from yoloprune.graph.surgery import PruneError
 from yoloprune.pruning.latency import LatencyBudget, LatencyModel, next_fraction
 from yoloprune.pruning.run import PruneReport
+from yoloprune.pruning.select import UnreachableTarget
 from yoloprune.pruning.settings import PruneSettings
 
 
@@ -71,7 +72,8 @@ def prune(
     ``target_macs`` / ``target_params`` (a fraction of the original, reached within about 2%), or
     ``target_latency_ms`` (onnxruntime CPU latency on this machine at ``latency_imgsz`` with ``latency_threads``,
     default every core this process may use: predicted from a latency table of the model's convolutions, then
-    checked by timing the pruned model),
+    checked by timing the pruned model against the unpruned one, whose milliseconds are timed first unless given
+    as ``latency_unpruned_ms``, so that runs compared or swept aim from one timing),
     or ``unit_ratios`` (a ratio per stage or group, e.g. from ``yoloprune sensitivity``; ``units_by``).
     Which: ``importance`` ranks channels ("auto": "recon" with ``calib``, else "l2"; "recon", the error a channel's
     removal leaves after calibration; "l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
@@ -162,21 +164,15 @@ def _prune(
     traced = int(example_inputs.shape[-1])
     imgsz = settings.latency_imgsz or traced
     timer = ConvTimer(settings.latency_threads)
-    overhead: list[float] = []
 
     def model_for(graph: Any) -> LatencyModel:
-        table = LatencyModel(graph, timer, scale=imgsz / traced)
-        if unpruned_ms is not None and not overhead:  # the original graph: what the table leaves out, measured
-            overhead.append(unpruned_ms - table.predict())
-        table.overhead = overhead[0] if overhead else 0.0
-        return table
+        return LatencyModel(graph, timer, scale=imgsz / traced)
 
     target = settings.target_latency_ms
-    unpruned_ms = (
-        module_latency(resolve(model, settings.family, settings.prune_head).module, imgsz, settings.latency_threads)
-        if target
-        else None
-    )
+    unpruned_ms = settings.latency_unpruned_ms
+    if target is not None and unpruned_ms is None:
+        net = resolve(model, settings.family, settings.prune_head).module
+        unpruned_ms = module_latency(net, imgsz, settings.latency_threads)
     try:
         if target is None:
             return prune(model, LatencyBudget(model_for), True)
@@ -213,22 +209,29 @@ def _fit_latency(
     tries: int = 6,
 ) -> tuple[float, float]:
     """The share of the predicted latency to prune to, and its measured milliseconds: start at the target's share of
-    the unpruned latency, then aim each copy by the ones timed so far (``latency.next_fraction``) until one lands
-    within 3% under the target. Each copy is timed against the unpruned model in interleaved rounds, its
-    milliseconds the ratio times ``unpruned_ms``, so the machine's drift between timings does not move the cut."""
+    the unpruned latency, then aim each copy by the unpruned model and the copies timed so far
+    (``latency.next_fraction``) until one lands within 3% under the target. Each copy is timed against the unpruned
+    model in interleaved rounds, its milliseconds the ratio times ``unpruned_ms``, so the machine's drift between
+    timings does not move the cut."""
     from yoloprune.export.bench import relative_latency
     from yoloprune.export.onnx import export_onnx
 
     if unpruned_ms <= target:
         raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
-    timed: list[tuple[float, float]] = []
+    timed = [(1.0, unpruned_ms)]
     fraction = target / unpruned_ms
     with tempfile.TemporaryDirectory() as tmp:
         reference = Path(tmp) / "unpruned.onnx"  # exported once, timed beside every copy
         export_onnx(resolve(model, settings.family, settings.prune_head).module, reference, imgsz=imgsz)
         for _ in range(tries):
             probe = copy.deepcopy(model)
-            prune_copy(probe, fraction)
+            try:
+                prune_copy(probe, fraction)
+            except UnreachableTarget as deepest:  # aimed past what max_ratio allows: time the deepest cut it allows
+                if any(abs(deepest.reached - f) < 1e-4 for f, _ in timed):  # timed already
+                    break
+                fraction = deepest.reached
+                continue
             net = resolve(probe, settings.family, settings.prune_head).module
             ratio = relative_latency(net, reference, imgsz, settings.latency_threads)
             timed.append((fraction, ratio * unpruned_ms))
@@ -239,8 +242,8 @@ def _fit_latency(
     fits = [t for t in timed if t[1] <= target]
     if not fits:
         raise PruneError(
-            f"cannot reach {target} ms: the fastest pruned copy measured {min(ms for _, ms in timed):.1f} ms at "
-            f"{imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
+            f"cannot reach {target} ms: the fastest copy these settings allow measured "
+            f"{min(ms for _, ms in timed):.1f} ms at {imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
         )
     return max(fits, key=lambda t: t[1])
 
