@@ -40,6 +40,30 @@ def test_export_verifies_and_writes_metadata(pruned, tmp_path):
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # Conv+BN fused
 
 
+def test_the_dfl_exports_on_its_bin_axis_with_ultralytics_outputs(pruned, tmp_path):
+    """The export computes the DFL without moving the bins to axis 1 (one Softmax on axis 2, no Transpose before it)
+    and predicts what ultralytics' own export-mode network predicts."""
+    from yoloprune.adapters.ultralytics import BinAxisDFL, export_module
+
+    net = export_module(pruned)
+    stock = export_module(pruned)
+    head = stock.model[-1]
+    head.dfl = pruned.model[-1].dfl  # ultralytics' DFL back in place
+    assert isinstance(net.model[-1].dfl, BinAxisDFL) and type(head.dfl).__name__ == "DFL"
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        ours, theirs = net(x), stock(x)
+    assert ours.shape == theirs.shape == (2, 84, 336)
+    assert (ours - theirs).abs().max().item() < 1e-4 * theirs.abs().max().item()
+    out = tmp_path / "m.onnx"
+    export_onnx(pruned, out, imgsz=IMGSZ)
+    nodes = onnx.load(str(out)).graph.node
+    softmax = [n for n in nodes if n.op_type == "Softmax"]
+    made_by = {o: n.op_type for n in nodes for o in n.output}
+    assert [(a.name, a.i) for n in softmax for a in n.attribute] == [("axis", 2)]
+    assert made_by[softmax[0].input[0]] == "Reshape"
+
+
 def test_export_that_does_not_match_keeps_no_file(pruned, tmp_path, monkeypatch):
     real = export_module._run_onnx
     monkeypatch.setattr(export_module, "_run_onnx", lambda data, x: [o * 1.01 for o in real(data, x)])
