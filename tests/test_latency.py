@@ -206,7 +206,8 @@ def test_relative_latency_takes_turns_so_a_drifting_machine_cancels_out(monkeypa
 
 def test_latency_target_lands_under_budget(monkeypatch):
     """The target path end to end on deterministic clocks: the whole model takes its MACs in microseconds plus a
-    fixed 2 ms, so the table's prediction is exact and the first candidate fits."""
+    fixed 2 ms the table does not hold, so the first candidate lands over the budget and the line through it and
+    the unpruned model aims the next one under."""
     from yoloprune.export import bench, latency_table
     from yoloprune.graph.counting import count_macs
 
@@ -360,6 +361,9 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
     # with the unpruned model among them: a line through it and one copy holds a constant cost the table left out
     # (147 ms unpruned, 77 at half the table: 7 ms that do not shrink; aimed at 0.4671, not in proportion at 0.4701)
     assert next_fraction([(1.0, 147.0), (0.5, 77.0)], 73.5) == pytest.approx(0.5 - (77.0 - 0.985 * 73.5) / 140)
+    # a deeper cut measured slower than a shallower one (noise) draws no line: in proportion from the deepest
+    assert next_fraction([(1.0, 100.0), (0.5, 101.0)], 50.0) == pytest.approx(0.25)  # 0.2438, at most halved
+    assert next_fraction([(1.0, 100.0), (0.6, 80.0), (0.5, 81.0)], 60.0) == pytest.approx(0.5 * 59.1 / 81)
     # never a share already timed: the whole model measured under the target aims at 1.0, timed already: 0.98
     assert next_fraction([(1.0, 60.0)], 100.0) == pytest.approx(0.98)
 
@@ -405,3 +409,7 @@ def test_a_target_past_what_max_ratio_allows_is_timed_at_the_deepest_cut(monkeyp
     with pytest.raises(yoloprune.graph.PruneError, match=r"cannot reach 50\.0 ms: the fastest copy .* 55\.0 ms"):
         _fit_latency(model, 50.0, 100.0, 64, PruneSettings(), prune_copy)
     assert tried == [0.6]
+    tried.clear()  # in steps the least share is the last step's, not the model's: the table's refusal stands
+    with pytest.raises(UnreachableTarget, match="past max_ratio"):
+        _fit_latency(model, 56.0, 100.0, 64, PruneSettings(steps=2), prune_copy)
+    assert tried == []

@@ -267,7 +267,8 @@ class BinAxisDFL(nn.Module):
     """ultralytics' DFL (a box side's expected distance over ``c1`` bins), computed on the axis the bins already lie
     on: softmax over axis 2 of (B, 4, c1, A), then the bins' weighted sum. DFL itself moves the bins to axis 1 first
     and sums them with a 1x1 convolution; the transpose alone made it take about 10x longer in onnxruntime here.
-    Equal to it to float rounding."""
+    Equal to it to float rounding. From ONNX opset 13: below it the exporter transposes around any softmax off the
+    last axis."""
 
     def __init__(self, dfl: nn.Module) -> None:
         super().__init__()

@@ -204,7 +204,8 @@ class LatencyModel:
 def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 0.985) -> float:
     """The next share of the predicted latency to try, from ``(share, measured ms)`` pairs timed so far (the unpruned
     model among them, at share 1.0): aimed at ``aim`` x ``target`` by interpolating between the nearest timed shares
-    on either side of it, or through the two nearest when all lie on one side, or in proportion from a single one.
+    on either side of it, or through the two nearest when all lie on one side, or in proportion from the deepest
+    cut when there is one point or the two disagree (a deeper cut measured slower).
     A line through measured points holds what the table leaves out (a constant cost, a machine faster or slower
     than when the table was timed). Never a share already timed (timing it again would only measure noise): 2%
     deeper instead."""
@@ -213,11 +214,12 @@ def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 
     under = [t for t in ordered if t[1] <= goal]
     over = [t for t in ordered if t[1] > goal]
     pair = (under[0], over[0]) if under and over else tuple(ordered[:2])
-    if len(pair) == 2 and abs(pair[0][1] - pair[1][1]) > 1e-9:
-        (f0, m0), (f1, m1) = pair
+    (f0, m0), (f1, m1) = pair if len(pair) == 2 else (pair[0], pair[0])
+    if (f1 - f0) * (m1 - m0) > 1e-12:  # a line along which deeper cuts run faster
         fraction = f0 + (goal - m0) * (f1 - f0) / (m1 - m0)
-    else:
-        fraction = ordered[0][0] * goal / ordered[0][1]
+    else:  # one point, or noise that ran a deeper cut slower: in proportion from the deepest cut
+        deepest = min(timed)
+        fraction = deepest[0] * goal / deepest[1]
     lowest = min(f for f, _ in timed)  # never more than halve the deepest cut tried: extrapolation is a guess
     fraction = min(max(fraction, 0.5 * lowest, 0.01), 1.0)
     while any(abs(fraction - f) < 1e-4 for f, _ in timed):

@@ -220,16 +220,20 @@ def _fit_latency(
         raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
     timed = [(1.0, unpruned_ms)]
     fraction = target / unpruned_ms
+    tried: list[float] = []
+    refused: UnreachableTarget | None = None
     with tempfile.TemporaryDirectory() as tmp:
         reference = Path(tmp) / "unpruned.onnx"  # exported once, timed beside every copy
         export_onnx(resolve(model, settings.family, settings.prune_head).module, reference, imgsz=imgsz)
         for _ in range(tries):
             probe = copy.deepcopy(model)
+            tried.append(fraction)
             try:
                 prune_copy(probe, fraction)
             except UnreachableTarget as deepest:  # aimed past what max_ratio allows: time the deepest cut it allows
-                if any(abs(deepest.reached - f) < 1e-4 for f, _ in timed):  # timed already
-                    break
+                refused = deepest
+                if settings.steps > 1 or any(abs(deepest.reached - f) < 1e-4 for f in tried):
+                    break  # with steps, ``reached`` is a share of the last step's start, not of the model
                 fraction = deepest.reached
                 continue
             net = resolve(probe, settings.family, settings.prune_head).module
@@ -240,10 +244,12 @@ def _fit_latency(
                 break
             fraction = next_fraction(timed, target)
     fits = [t for t in timed if t[1] <= target]
+    if not fits and refused is not None and len(timed) == 1:  # no copy was timed: the settings allow no such cut
+        raise refused
     if not fits:
         raise PruneError(
             f"cannot reach {target} ms: the fastest copy these settings allow measured "
-            f"{min(ms for _, ms in timed):.1f} ms at {imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
+            f"{min(ms for _, ms in timed[1:]):.1f} ms at {imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
         )
     return max(fits, key=lambda t: t[1])
 
