@@ -211,18 +211,27 @@ def test_latency_target_lands_under_budget(monkeypatch):
     from yoloprune.export import bench, latency_table
     from yoloprune.graph.counting import count_macs
 
-    def clock(model, imgsz, threads, runs=20):
+    def clock(model, imgsz, threads):
         return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e6 / 1e3
 
     from yoloprune.pruning import run
 
-    monkeypatch.setattr(bench, "module_latency", clock)
+    kept, references = [], []
+
+    def unpruned_clock(model, imgsz, threads, runs=20, onnx_path=None):
+        kept.append(onnx_path)
+        return clock(model, imgsz, threads)
+
+    monkeypatch.setattr(bench, "module_latency", unpruned_clock)
     monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     scored = []
     monkeypatch.setattr(run, "channel_scores", lambda *a, **k: scored.append(1) or run_scores(*a, **k))
     model = randomize(from_config("yolov8n.yaml"))
     unpruned = clock(model, 128, 1)
-    monkeypatch.setattr(bench, "relative_latency", relative(clock, unpruned))
+    against = relative(clock, unpruned)
+    monkeypatch.setattr(
+        bench, "relative_latency", lambda net, ref, *a, **k: references.append(ref) or against(net, ref, *a, **k)
+    )
     budget = 2.0 + 0.5 * (unpruned - 2.0)
     report = yoloprune.prune(model, X, target_latency_ms=budget, latency_imgsz=128, latency_threads=2)
     assert report.latency_ms == pytest.approx(clock(model, 128, 1))
@@ -232,6 +241,8 @@ def test_latency_target_lands_under_budget(monkeypatch):
     assert report.settings["cost"] == "latency" and MacsTable.made[-1] == 2
     assert "measured" in report.notes[-1]
     assert len(scored) == 1  # the candidate and the final prune score the same network once
+    assert len(kept) == 1 and kept[0] is not None and len(references) >= 2 and set(references) == {kept[0]}
+    # the unpruned model is exported once: the file its timing wrote is the reference every candidate runs against
 
 
 def test_a_latency_target_aims_from_a_given_unpruned_timing(monkeypatch):
@@ -241,7 +252,7 @@ def test_a_latency_target_aims_from_a_given_unpruned_timing(monkeypatch):
     from yoloprune.export import bench, latency_table
     from yoloprune.graph.counting import count_macs
 
-    def clock(model, imgsz, threads, runs=20):
+    def clock(model, imgsz, threads, runs=20, **_):
         return count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e9
 
     def never(*args, **kwargs):
@@ -269,7 +280,7 @@ def test_a_latency_target_aims_from_a_given_unpruned_timing(monkeypatch):
 def test_a_latency_target_the_model_already_meets_is_refused(monkeypatch):
     from yoloprune.export import bench, latency_table
 
-    monkeypatch.setattr(bench, "module_latency", lambda model, imgsz, threads, runs=20: 3.0)
+    monkeypatch.setattr(bench, "module_latency", lambda model, imgsz, threads, runs=20, **_: 3.0)
     monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
     with pytest.raises(yoloprune.graph.PruneError, match=r"already runs in 3\.0 ms"):
         yoloprune.prune(from_config("yolov8n.yaml"), X, target_latency_ms=4.0)
@@ -321,7 +332,7 @@ def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypat
 
     seen = []
 
-    def clock(model, imgsz, threads, runs=20):
+    def clock(model, imgsz, threads, runs=20, **_):
         seen.append(threads)
         return 2.0 + count_macs(model, torch.zeros(1, 3, imgsz, imgsz)) / 1e9
 
@@ -376,7 +387,7 @@ def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
 
     monkeypatch.setattr(bench, "relative_latency", lambda *a, **k: 0.3)
     tried: list[float] = []
-    fraction, measured = _fit_latency(
+    fraction, measured, unpruned = _fit_latency(
         from_config("yolov8n.yaml"), 100.0, 200.0, 64, PruneSettings(), lambda net, f: tried.append(f)
     )
     assert len(tried) == 6 and len(set(tried)) == 6
@@ -384,6 +395,7 @@ def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
     # time: each repeat goes 2% deeper instead
     assert tried == pytest.approx([0.5, aimed, *(aimed * 0.98**k for k in range(1, 5))])
     assert (fraction, measured) == (0.5, pytest.approx(60.0))  # every copy fits: the first of the fastest is kept
+    assert unpruned == 200.0  # given, not timed
 
 
 def test_a_target_past_what_max_ratio_allows_is_timed_at_the_deepest_cut(monkeypatch):
@@ -403,7 +415,7 @@ def test_a_target_past_what_max_ratio_allows_is_timed_at_the_deepest_cut(monkeyp
 
     monkeypatch.setattr(bench, "relative_latency", lambda *a, **k: tried[-1] - 0.05)
     model = from_config("yolov8n.yaml")
-    assert _fit_latency(model, 56.0, 100.0, 64, PruneSettings(), prune_copy) == (0.6, pytest.approx(55.0))
+    assert _fit_latency(model, 56.0, 100.0, 64, PruneSettings(), prune_copy) == (0.6, pytest.approx(55.0), 100.0)
     assert tried == [0.6]
     tried.clear()
     with pytest.raises(yoloprune.graph.PruneError, match=r"cannot reach 50\.0 ms: the fastest copy .* 55\.0 ms"):

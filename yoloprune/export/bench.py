@@ -153,14 +153,16 @@ def bench(
     )
 
 
-def module_latency(model: nn.Module, imgsz: int, threads: int, runs: int = 20) -> float:
-    """p50 milliseconds of ``model`` exported to ONNX (verified) and run by onnxruntime on this machine."""
-    import tempfile
-
+def module_latency(
+    model: nn.Module, imgsz: int, threads: int, runs: int = 20, onnx_path: str | Path | None = None
+) -> float:
+    """p50 milliseconds of ``model`` exported to ONNX (verified; kept at ``onnx_path`` when given) and run by
+    onnxruntime on this machine."""
+    if onnx_path is not None:
+        export_onnx(model, onnx_path, imgsz=imgsz)
+        return onnx_latency(onnx_path, imgsz, threads, runs=runs, warmup=5).p50
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "probe.onnx"
-        export_onnx(model, path, imgsz=imgsz)
-        return onnx_latency(path, imgsz, threads, runs=runs, warmup=5).p50
+        return module_latency(model, imgsz, threads, runs, Path(tmp) / "probe.onnx")
 
 
 def relative_latency(

@@ -215,13 +215,13 @@ def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 
     over = [t for t in ordered if t[1] > goal]
     pair = (under[0], over[0]) if under and over else tuple(ordered[:2])
     (f0, m0), (f1, m1) = pair if len(pair) == 2 else (pair[0], pair[0])
+    deepest = min(timed)
     if (f1 - f0) * (m1 - m0) > 1e-12:  # a line along which deeper cuts run faster
         fraction = f0 + (goal - m0) * (f1 - f0) / (m1 - m0)
     else:  # one point, or noise that ran a deeper cut slower: in proportion from the deepest cut
-        deepest = min(timed)
         fraction = deepest[0] * goal / deepest[1]
-    lowest = min(f for f, _ in timed)  # never more than halve the deepest cut tried: extrapolation is a guess
-    fraction = min(max(fraction, 0.5 * lowest, 0.01), 1.0)
+    # never more than halve the deepest cut tried: extrapolation is a guess
+    fraction = min(max(fraction, 0.5 * deepest[0], 0.01), 1.0)
     while any(abs(fraction - f) < 1e-4 for f, _ in timed):
         fraction *= 0.98
     return float(fraction)

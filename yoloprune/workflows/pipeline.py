@@ -155,7 +155,6 @@ def _prune(
 
     if settings.cost != "latency" and settings.target_latency_ms is None:
         return prune(model, None, True)
-    from yoloprune.export.bench import module_latency
     from yoloprune.export.latency_table import ConvTimer
     from yoloprune.options import default_threads
 
@@ -169,16 +168,17 @@ def _prune(
         return LatencyModel(graph, timer, scale=imgsz / traced)
 
     target = settings.target_latency_ms
-    unpruned_ms = settings.latency_unpruned_ms
-    if target is not None and unpruned_ms is None:
-        net = resolve(model, settings.family, settings.prune_head).module
-        unpruned_ms = module_latency(net, imgsz, settings.latency_threads)
     try:
         if target is None:
             return prune(model, LatencyBudget(model_for), True)
         scores = {}
-        fraction, measured = _fit_latency(
-            model, target, unpruned_ms, imgsz, settings, lambda net, f: prune(net, LatencyBudget(model_for, f), False)
+        fraction, measured, unpruned_ms = _fit_latency(
+            model,
+            target,
+            settings.latency_unpruned_ms,
+            imgsz,
+            settings,
+            lambda net, f: prune(net, LatencyBudget(model_for, f), False),
         )
         report = prune(model, LatencyBudget(model_for, fraction), True)
     finally:
@@ -202,29 +202,33 @@ def _prune(
 def _fit_latency(
     model: nn.Module,
     target: float,
-    unpruned_ms: float,
+    unpruned_ms: float | None,
     imgsz: int,
     settings: PruneSettings,
     prune_copy: Callable[[nn.Module, float], Any],
     tries: int = 6,
-) -> tuple[float, float]:
-    """The share of the predicted latency to prune to, and its measured milliseconds: start at the target's share of
-    the unpruned latency, then aim each copy by the unpruned model and the copies timed so far
-    (``latency.next_fraction``) until one lands within 3% under the target. Each copy is timed against the unpruned
-    model in interleaved rounds, its milliseconds the ratio times ``unpruned_ms``, so the machine's drift between
-    timings does not move the cut."""
-    from yoloprune.export.bench import relative_latency
+) -> tuple[float, float, float]:
+    """The share of the predicted latency to prune to, its measured milliseconds and the unpruned model's (timed
+    here unless given): start at the target's share of the unpruned latency, then aim each copy by the unpruned model
+    and the copies timed so far (``latency.next_fraction``) until one lands within 3% under the target. The
+    unpruned model is exported once; each copy is timed against it in interleaved rounds, its milliseconds the ratio
+    times ``unpruned_ms``, so the machine's drift between timings does not move the cut."""
+    from yoloprune.export.bench import module_latency, relative_latency
     from yoloprune.export.onnx import export_onnx
 
-    if unpruned_ms <= target:
-        raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
-    timed = [(1.0, unpruned_ms)]
-    fraction = target / unpruned_ms
     tried: list[float] = []
     refused: UnreachableTarget | None = None
     with tempfile.TemporaryDirectory() as tmp:
         reference = Path(tmp) / "unpruned.onnx"  # exported once, timed beside every copy
-        export_onnx(resolve(model, settings.family, settings.prune_head).module, reference, imgsz=imgsz)
+        unpruned = resolve(model, settings.family, settings.prune_head).module
+        if unpruned_ms is None:
+            unpruned_ms = module_latency(unpruned, imgsz, settings.latency_threads, onnx_path=reference)
+        else:
+            export_onnx(unpruned, reference, imgsz=imgsz)
+        if unpruned_ms <= target:
+            raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
+        timed = [(1.0, unpruned_ms)]
+        fraction = target / unpruned_ms
         for _ in range(tries):
             probe = copy.deepcopy(model)
             tried.append(fraction)
@@ -251,7 +255,7 @@ def _fit_latency(
             f"cannot reach {target} ms: the fastest copy these settings allow measured "
             f"{min(ms for _, ms in timed[1:]):.1f} ms at {imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
         )
-    return max(fits, key=lambda t: t[1])
+    return (*max(fits, key=lambda t: t[1]), unpruned_ms)
 
 
 def _calibration_batches(
