@@ -194,7 +194,7 @@ def _prune(
     }
     report.notes.append(
         f"latency at {imgsz}x{imgsz}, {settings.latency_threads} thread(s): {unpruned_ms:.1f} ms unpruned, "
-        f"{predicted:.1f} predicted, {measured:.1f} measured (target {target} ms)"
+        f"{predicted:.1f} predicted, {measured:.1f} measured (target {target:.1f} ms)"
     )
     return report
 
@@ -226,7 +226,7 @@ def _fit_latency(
         else:
             export_onnx(unpruned, reference, imgsz=imgsz)
         if unpruned_ms <= target:
-            raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target} ms; nothing to prune")
+            raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target:.1f} ms; nothing to prune")
         timed = [(1.0, unpruned_ms)]
         fraction = target / unpruned_ms
         for _ in range(tries):
@@ -252,7 +252,7 @@ def _fit_latency(
         raise refused
     if not fits:
         raise PruneError(
-            f"cannot reach {target} ms: the fastest copy these settings allow measured "
+            f"cannot reach {target:.1f} ms: the fastest copy these settings allow measured "
             f"{min(ms for _, ms in timed[1:]):.1f} ms at {imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
         )
     return (*max(fits, key=lambda t: t[1]), unpruned_ms)
