@@ -54,7 +54,7 @@ def test_sweep_writes_every_point_and_resumes(setup, tmp_path, monkeypatch, caps
     assert macs[0] > macs[1] > macs[2] and abs(macs[2] / macs[0] - 0.4) < 0.03
     report = (out / "report.md").read_text()
     assert (out / "pareto.png").stat().st_size > 10_000 and "| unpruned |" in report
-    assert f"{default_threads()} thread(s), 64x64, p50 of 2 runs. Channels chosen for MACs targets." in report
+    assert f"{default_threads()} thread(s), 64x64, p50 of 2 runs. Targets: fractions of its MACs." in report
     assert json.loads((out / "results.json").read_text())[1]["onnx"].endswith(".onnx")
     (out / "points" / "0.400.json").unlink()
     calls = []
@@ -130,3 +130,51 @@ def test_a_sweep_ranked_per_millisecond_records_its_cost(setup, tmp_path, monkey
     assert abs(points[1].macs / points[0].macs - 0.5) < 0.03
     key = json.loads((tmp_path / "l" / "sweep.json").read_text())
     assert key["cost"] == "latency" and key["threads"] == 3
+
+
+def test_a_sweep_by_latency_prunes_each_point_to_its_share_of_the_unpruned_time(setup, tmp_path, monkeypatch):
+    """``by="latency"``: each point is a latency target, that share of the unpruned point's measured time, aimed from
+    that one timing (the unpruned model is never timed again) and ranked per millisecond by default. Clocks here are
+    deterministic: a model takes its MACs in microseconds, measured and relative alike."""
+    from dataclasses import replace
+
+    from yoloprune.adapters import load_model
+    from yoloprune.export import bench, latency_table
+    from yoloprune.graph.counting import count_macs
+
+    def macs(net):
+        return count_macs(net, torch.zeros(1, 3, 64, 64))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the unpruned model was timed again for a latency target")
+
+    data, checkpoint = setup
+    unpruned = macs(load_model(str(checkpoint)).model)
+    real = pipeline.measure
+
+    def measured(*args, onnx=None, **kwargs):
+        m = real(*args, **kwargs)  # counted and evaluated, not exported: its latency is its MACs
+        return replace(m, latency_ms=m.macs / 1e6, onnx=onnx)
+
+    monkeypatch.setattr(latency_table, "ConvTimer", MacsTable)
+    monkeypatch.setattr(bench, "module_latency", never)
+    monkeypatch.setattr(bench, "relative_latency", lambda net, *a, **k: macs(net) / unpruned)
+    monkeypatch.setattr(pipeline, "measure", measured)
+    out = tmp_path / "by-latency"
+    points = sweep_module.sweep(checkpoint, data, out, [0.6], by="latency", imgsz=64, runs=1, threads=2)
+    base, point = points
+    assert base.latency_p50_ms == pytest.approx(unpruned / 1e6)
+    assert 0.97 * 0.6 <= point.latency_p50_ms / base.latency_p50_ms <= 0.6
+    section = torch.load(point.checkpoint, weights_only=False)["yoloprune"]["settings"]
+    assert section["cost"] == "latency" and section["target_latency_ms"] == pytest.approx(0.6 * base.latency_p50_ms)
+    assert section["latency"]["unpruned_ms"] == base.latency_p50_ms and section["latency"]["threads"] == 2
+    key = json.loads((out / "sweep.json").read_text())
+    assert key["by"] == "latency" and key["cost"] == "latency"
+    report = (out / "report.md").read_text()
+    assert "| latency target | GMACs |" in report and "| 0.60 |" in report
+    assert "Targets: fractions of the unpruned model's measured latency. Channels ranked per millisecond" in report
+    (out / "points" / "0.600.json").unlink()  # resumed: the unpruned time is read from its point
+    again = sweep_module.sweep(checkpoint, data, out, [0.6], by="latency", imgsz=64, runs=1, threads=2)
+    assert again[1].latency_p50_ms == pytest.approx(point.latency_p50_ms)
+    with pytest.raises(ValueError, match="sweep targets are fractions of one of macs, latency, not 'params'"):
+        sweep_module.sweep(checkpoint, data, tmp_path / "p", [0.6], by="params", imgsz=64)

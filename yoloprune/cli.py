@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from yoloprune import __version__
-from yoloprune.options import AGGREGATES, COSTS, CRITERIA, default_threads
+from yoloprune.options import AGGREGATES, COSTS, CRITERIA, SWEEP_BY, default_threads
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -281,7 +281,8 @@ def _sweep(args: argparse.Namespace) -> int:
             kd_weight=args.kd_weight,
             importance=args.importance,
             global_ranking=args.global_ranking,
-            cost=args.cost or "macs",
+            cost=args.cost,
+            by=args.by,
             round_to=args.round_to,
             imgsz=args.imgsz,
             batch=args.batch,
@@ -637,11 +638,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("sweep", help="mAP versus latency over MACs targets: table, JSON, CSV and a Pareto plot")
+    p = sub.add_parser(
+        "sweep", help="mAP versus latency over MACs or latency targets: table, JSON, CSV and a Pareto plot"
+    )
     p.add_argument("model", help="checkpoint to prune (every point starts from it)")
     p.add_argument("--data", required=True, help="data yaml or COCO dataset to evaluate (and fine-tune) on")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="sweep folder (resumable)")
-    p.add_argument("--targets", default="0.9,0.75,0.6,0.5,0.4,0.3", help="MACs fractions (0.9,0.75,0.6,0.5,0.4,0.3)")
+    p.add_argument(
+        "--targets", default="0.9,0.75,0.6,0.5,0.4,0.3", help="fractions of the unpruned (0.9,0.75,0.6,0.5,0.4,0.3)"
+    )
+    p.add_argument(
+        "--by",
+        choices=SWEEP_BY,
+        default="macs",
+        help="what --targets are fractions of: MACs, or the unpruned point's measured latency (each point then "
+        "pruned to a latency target, ranked per millisecond unless --cost macs)",
+    )
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point this many epochs (0)")
     p.add_argument("--calib", metavar="DIR", help="unlabelled images to calibrate every pruned point on")
     p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images to use (64)")

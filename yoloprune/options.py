@@ -16,6 +16,7 @@ AUTO_CRITERIA = ("recon", "l2")  # what "auto" means with calibration images and
 COMPARABLE = ("recon",)  # criteria whose scores compare across layers: ranked globally per MAC by default
 AGGREGATES = ("mean", "sum", "max")  # how a group combines its layers' scores
 COSTS = ("macs", "latency")  # what a global ranking charges a channel: the MACs or measured ms its removal saves
+SWEEP_BY = ("macs", "latency")  # what a sweep's targets are fractions of: MACs or the measured latency
 
 
 def default_threads() -> int:

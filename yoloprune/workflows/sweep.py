@@ -1,4 +1,8 @@
-"""mAP versus latency: prune one model to several MACs targets, fine-tune, evaluate, export and time each point.
+"""mAP versus latency: prune one model to several targets, fine-tune, evaluate, export and time each point.
+
+Targets are fractions of the unpruned model's MACs, or (``by="latency"``) of its measured latency: each such point
+is pruned to that share of the unpruned point's onnxruntime time (a latency target, aimed from that one timing), so
+the points land evenly along the latency axis.
 
 Every point starts from the original model (never cumulatively) and is written to ``DIR/points/`` as soon as it is
 done, so a sweep that was stopped recomputes only the missing points; ``DIR/sweep.json`` records what the points
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from yoloprune.io import write_atomic
-from yoloprune.options import check_numbers
+from yoloprune.options import SWEEP_BY, check_numbers
 
 KEY_FILE = "sweep.json"  # what the points in a sweep folder were computed with
 FIELDS = ["target", "macs", "params", "map50_95", "map50", "latency_p50_ms", "checkpoint", "onnx", "seconds"]
@@ -27,7 +31,7 @@ FIELDS = ["target", "macs", "params", "map50_95", "map50", "latency_p50_ms", "ch
 
 @dataclass
 class Point:
-    """One model of the sweep; ``target`` 1.0 is the unpruned model."""
+    """One model of the sweep; ``target`` (a MACs or latency fraction) 1.0 is the unpruned model."""
 
     target: float
     macs: int
@@ -103,7 +107,8 @@ def sweep(
     kd_weight: float = 1.0,
     importance: str = "auto",
     global_ranking: bool | None = None,
-    cost: str = "macs",
+    cost: str | None = None,
+    by: str = "macs",
     round_to: int = 8,
     imgsz: int = 640,
     batch: int = 16,
@@ -114,9 +119,10 @@ def sweep(
     calib: str | Path | None = None,
     calib_images: int = 64,
 ) -> list[Point]:
-    """Run (or finish) a sweep of ``model`` (a checkpoint) over MACs ``targets``; returns every point, the unpruned
-    one (target 1.0) first. With ``calib`` (a folder of unlabelled images) every pruned point is calibrated on them
-    before it is fine-tuned or measured. ``cost="latency"`` ranks channels per millisecond of this machine's latency
+    """Run (or finish) a sweep of ``model`` (a checkpoint) over ``targets``, fractions of its MACs (``by="macs"``)
+    or of its measured latency (``by="latency"``); returns every point, the unpruned one (target 1.0) first. With
+    ``calib`` (a folder of unlabelled images) every pruned point is calibrated on them before it is fine-tuned or
+    measured. ``cost="latency"`` (the default by latency) ranks channels per millisecond of this machine's latency
     table; ``threads`` (default: every core this process may use) times it and every point."""
     from yoloprune.adapters import load_model, save_model
     from yoloprune.options import default_threads
@@ -126,9 +132,12 @@ def sweep(
 
     out = Path(out)
     check_overrides(finetune_args or {})
+    if by not in SWEEP_BY:
+        raise ValueError(f"sweep targets are fractions of one of {', '.join(SWEEP_BY)}, not {by!r}")
     targets = sorted({float(t) for t in targets}, reverse=True)
     if any(not 0 < t < 1 for t in targets):
-        raise ValueError("sweep targets are MACs fractions in (0, 1)")
+        raise ValueError(f"sweep targets are {by} fractions in (0, 1)")
+    cost = cost or ("latency" if by == "latency" else "macs")
     check_numbers(kd_weight=kd_weight)
     threads = default_threads() if threads is None else threads
     settings = PruneSettings(
@@ -149,6 +158,7 @@ def sweep(
         round_to=round_to,
         threads=threads,
         **({"cost": cost} if cost != "macs" else {}),  # folders swept before costs existed stay resumable
+        **({"by": by} if by != "macs" else {}),
         finetune=tuning if finetune_epochs > 0 else None,
         calib={"images": str(Path(calib).resolve()), "count": calib_images} if calib is not None else None,
     )
@@ -165,9 +175,12 @@ def sweep(
     models_dir.mkdir(exist_ok=True)
     claim(out, key)
     teacher = default_teacher(model)
+    unpruned_ms = 0.0  # the unpruned point's latency: what latency targets are fractions of
     for target in progress([1.0, *targets], "sweep"):
         record = points_dir / f"{target:.3f}.json"
         if record.is_file():
+            if target == 1.0:
+                unpruned_ms = float(json.loads(record.read_text())["latency_p50_ms"])
             continue
         start = time.perf_counter()
         if target == 1.0:
@@ -177,7 +190,11 @@ def sweep(
                 save_model(copy.deepcopy(source), checkpoint, {}, overwrite=True)
         else:
             checkpoint = models_dir / f"pruned-{target:.3f}.pt"
-            at_target = replace(settings, ratio=None, target_macs=target, family=source.family)
+            if by == "latency":
+                goal = {"target_latency_ms": target * unpruned_ms, "latency_unpruned_ms": unpruned_ms}
+            else:
+                goal = {"target_macs": target}
+            at_target = replace(settings, ratio=None, family=source.family, **goal)
             prune_to_file(
                 copy.deepcopy(source),
                 imgsz,
@@ -206,12 +223,15 @@ def sweep(
         m = measure(checkpoint, data, imgsz, batch=batch, onnx=onnx, threads=threads, runs=runs)
         seconds = time.perf_counter() - start
         point = Point(target, m.macs, m.params, m.map50_95, m.map50, m.latency_ms, str(checkpoint), str(onnx), seconds)
+        if target == 1.0:
+            unpruned_ms = m.latency_ms
         write_atomic(record, lambda f, p=point: f.write(json.dumps(asdict(p), indent=1).encode()))
     points = [Point(**json.loads(p.read_text())) for p in sorted(points_dir.glob("*.json"))]
     points.sort(key=lambda p: -p.target)
     timing = f"Latency: onnxruntime on this machine's CPU, {threads} thread(s), {imgsz}x{imgsz}, p50 of {runs} runs."
-    chosen = "per millisecond of the latency table" if cost == "latency" else "for MACs targets"
-    write_results(points, out, f"{timing} Channels chosen {chosen}.")
+    aimed = "the unpruned model's measured latency" if by == "latency" else "its MACs"
+    ranked = " Channels ranked per millisecond of the latency table." if cost == "latency" else ""
+    write_results(points, out, f"{timing} Targets: fractions of {aimed}.{ranked}", by)
     return points
 
 
@@ -224,8 +244,9 @@ def _new_classes(source: Any, data: str | Path) -> str:
     return f"the model predicts {had} classes, {data} has {wanted}" if had != wanted else ""
 
 
-def write_results(points: list[Point], out: Path, timing: str = "") -> None:
-    """results.csv, results.json, pareto.png and report.md from the points (``timing`` says how latency was taken)."""
+def write_results(points: list[Point], out: Path, timing: str = "", by: str = "macs") -> None:
+    """results.csv, results.json, pareto.png and report.md from the points (``timing`` says how latency was taken,
+    ``by`` what the targets are fractions of)."""
     rows = [asdict(p) for p in points]
     write_atomic(out / "results.json", lambda f: f.write(json.dumps(rows, indent=1).encode()), overwrite=True)
 
@@ -240,7 +261,8 @@ def write_results(points: list[Point], out: Path, timing: str = "") -> None:
         "# mAP versus latency",
         "",
         *([timing, ""] if timing else []),
-        "| MACs target | GMACs | params (M) | mAP50-95 | mAP50 | ONNX p50 (ms) | latency vs unpruned |",
+        f"| {'latency' if by == 'latency' else 'MACs'} target | GMACs | params (M) | mAP50-95 | mAP50 | ONNX p50 (ms) "
+        "| latency vs unpruned |",
         "|---|---|---|---|---|---|---|",
     ]
     for p in points:
