@@ -98,7 +98,8 @@ def slow_at_full_resolution(call: ConvCall) -> float:
 
 def test_latency_cost_prunes_where_the_milliseconds_are():
     """At the same MACs, ranking per millisecond takes more from the slow layers and predicts a faster model than
-    ranking per MAC; the MACs target is met either way."""
+    ranking per MAC (for l2 scores, which do not compare across layers, every layer losing the same share); the MACs
+    target is met either way."""
     results = {}
     for cost in ("macs", "latency"):
         net = randomize(from_config("yolov8n.yaml"))
@@ -107,13 +108,15 @@ def test_latency_cost_prunes_where_the_milliseconds_are():
         report = run_prune(net, X, settings, latency=budget)
         graph = graph_of(net)
         results[cost] = (report.macs_ratio, LatencyModel(graph, slow_at_full_resolution).predict(), net)
+        # l2 scores ranked per millisecond: said to compare layers by their milliseconds alone
+        assert any("ranks layers by their milliseconds alone" in n for n in report.notes) == (cost == "latency")
     base = LatencyModel(graph_of(from_config("yolov8n.yaml")), slow_at_full_resolution).predict()
     for ratio, _, _ in results.values():
         assert ratio == pytest.approx(0.6, abs=0.02)
     assert results["latency"][1] < 0.97 * results["macs"][1] < base
     early = "model.3"  # reads 16x16: ten times the cost per MAC
     widths = {cost: dict(r[2].named_modules())[early].conv.out_channels for cost, r in results.items()}
-    assert widths == {"macs": 64, "latency": 16}
+    assert widths == {"macs": 40, "latency": 16}  # l2 per MAC: every layer loses the same share
 
 
 def test_a_latency_goal_is_met_in_predicted_milliseconds():
@@ -238,7 +241,8 @@ def test_latency_target_lands_under_budget(monkeypatch):
     assert 0.97 * budget <= report.latency_ms <= budget
     latency = report.settings["latency"]
     assert latency["unpruned_ms"] == pytest.approx(unpruned) and latency["threads"] == 2 and latency["imgsz"] == 128
-    assert report.settings["cost"] == "latency" and MacsTable.made[-1] == 2
+    assert report.settings["cost"] == "macs" and report.settings["global_ranking"] is False and MacsTable.made[-1] == 2
+    # l2 scores do not compare across layers: every layer loses the same share, the table predicting the cut
     assert "measured" in report.notes[-1]
     assert len(scored) == 1  # the candidate and the final prune score the same network once
     assert len(kept) == 1 and kept[0] is not None and len(references) >= 2 and set(references) == {kept[0]}
@@ -287,14 +291,19 @@ def test_a_latency_target_the_model_already_meets_is_refused(monkeypatch):
 
 
 def test_settings_record_the_cost_and_refuse_unknown_ones():
-    assert PruneSettings(target_latency_ms=3.0).cost == "latency"
-    assert PruneSettings(target_macs=0.5).record()["cost"] == "macs"
+    from yoloprune.options import default_cost
+
+    assert PruneSettings(target_latency_ms=3.0).cost is None  # resolved when the importance is known
+    assert default_cost("recon", True) == "latency"  # scores that compare across layers, per millisecond
+    assert default_cost("l2", True) == "macs" and default_cost("recon", False) == "macs"
+    assert default_cost(lambda model, graph: None, True) == "macs"
     with pytest.raises(ValueError, match="cost must be one of macs, latency"):
         PruneSettings(cost="flops")
     with pytest.raises(ValueError, match="unit_ratios fix each unit"):
         PruneSettings(unit_ratios={"model.2": 0.5}, cost="latency")
     with pytest.raises(ValueError, match=r"global_ranking=False \(--uniform\) does not"):
-        PruneSettings(target_latency_ms=3.0, global_ranking=False)
+        PruneSettings(target_latency_ms=3.0, cost="latency", global_ranking=False)
+    assert PruneSettings(target_latency_ms=3.0, global_ranking=False).cost is None  # uniform to a latency target
 
 
 def test_the_conv_timer_times_a_conv_once_and_caches_it(tmp_path, capsys):
@@ -347,7 +356,7 @@ def test_the_cli_prunes_to_a_latency_target_with_every_core_by_default(monkeypat
     assert f"ms ({default_threads()} thread(s), 64x64)" in printed and "predicted" in printed
     assert set(seen[1:]) == {default_threads()} and out.is_file()
     section = yoloprune.io.load_data(out)["yoloprune"]
-    assert section["settings"]["cost"] == "latency" and section["settings"]["latency"]["threads"] == default_threads()
+    assert section["settings"]["cost"] == "macs" and section["settings"]["latency"]["threads"] == default_threads()
 
 
 def test_the_cli_takes_a_known_unpruned_timing_only_with_a_latency_target(tmp_path, capsys):

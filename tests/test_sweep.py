@@ -134,7 +134,8 @@ def test_a_sweep_ranked_per_millisecond_records_its_cost(setup, tmp_path, monkey
 
 def test_a_sweep_by_latency_prunes_each_point_to_its_share_of_the_unpruned_time(setup, tmp_path, monkeypatch):
     """``by="latency"``: each point is a latency target, that share of the unpruned point's measured time, aimed from
-    that one timing (the unpruned model is never timed again) and ranked per millisecond by default. Clocks here are
+    that one timing (the unpruned model is never timed again); without calibration every layer loses the same share
+    (l2 scores do not compare across layers, so they are not ranked per millisecond). Clocks here are
     deterministic: a model takes its MACs in microseconds, measured and relative alike."""
     from dataclasses import replace
 
@@ -166,13 +167,13 @@ def test_a_sweep_by_latency_prunes_each_point_to_its_share_of_the_unpruned_time(
     assert base.latency_p50_ms == pytest.approx(unpruned / 1e6)
     assert 0.97 * 0.6 <= point.latency_p50_ms / base.latency_p50_ms <= 0.6
     section = torch.load(point.checkpoint, weights_only=False)["yoloprune"]["settings"]
-    assert section["cost"] == "latency" and section["target_latency_ms"] == pytest.approx(0.6 * base.latency_p50_ms)
+    assert section["cost"] == "macs" and section["target_latency_ms"] == pytest.approx(0.6 * base.latency_p50_ms)
     assert section["latency"]["unpruned_ms"] == base.latency_p50_ms and section["latency"]["threads"] == 2
     key = json.loads((out / "sweep.json").read_text())
-    assert key["by"] == "latency" and key["cost"] == "latency"
+    assert key["by"] == "latency" and "cost" not in key
     report = (out / "report.md").read_text()
     assert "| latency target | GMACs |" in report and "| 0.60 |" in report
-    assert "Targets: fractions of the unpruned model's measured latency. Channels ranked per millisecond" in report
+    assert "Targets: fractions of the unpruned model's measured latency.\n" in report  # l2: not per millisecond
     (out / "points" / "0.600.json").unlink()  # resumed: the unpruned time is read from its point
     again = sweep_module.sweep(checkpoint, data, out, [0.6], by="latency", imgsz=64, runs=1, threads=2)
     assert again[1].latency_p50_ms == pytest.approx(point.latency_p50_ms)

@@ -463,7 +463,7 @@ def _ranking_options(p: argparse.ArgumentParser) -> None:
         choices=COSTS,
         default=None,
         help="rank channels globally per MAC or per millisecond they save (latency: a table of the model's "
-        "convolutions timed with onnxruntime here, cached; the default with --target-latency)",
+        "convolutions timed with onnxruntime here, cached; the default with --target-latency and --calib)",
     )
 
 
@@ -652,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SWEEP_BY,
         default="macs",
         help="what --targets are fractions of: MACs, or the unpruned point's measured latency (each point then "
-        "pruned to a latency target, ranked per millisecond unless --cost macs)",
+        "pruned to a latency target)",
     )
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point this many epochs (0)")
     p.add_argument("--calib", metavar="DIR", help="unlabelled images to calibrate every pruned point on")

@@ -140,22 +140,24 @@ def search(
     round_to: int = 1,
     iterations: int = 40,
     comparable: bool = False,
+    latency: LatencyModel | None = None,
 ) -> Selection:
-    """The selection whose MACs (or params) come closest to ``target`` x the unpruned model's.
+    """The selection whose MACs (or params, or ``latency``-predicted milliseconds) come closest to ``target`` x the
+    unpruned model's.
 
     Uniform: bisection on the ratio every group loses. Global: bisection on a threshold of group-normalised scores
     (``normalise``), or of scores per MAC (``per_mac``) when the scores are ``comparable`` across layers.
     """
-    base = graph.estimate(np.zeros(graph.num_comps, dtype=bool))[0 if metric == "macs" else 1]
-    goal = target * base
+    measure = _metric(graph, metric, latency)
+    goal = target * measure(None)
     ranked = (per_mac if comparable else normalise)(graph, scores) if global_ranking else scores
 
     def pick(x: float) -> Selection:
         counts = global_counts(graph, ranked, x, max_ratio) if global_ranking else uniform_counts(graph, x, max_ratio)
         return finish(graph, scores, counts, round_to)
 
-    def value(sel: Selection) -> int:
-        return sel.macs if metric == "macs" else sel.params
+    def value(sel: Selection) -> float:
+        return sel.macs if metric == "macs" else sel.params if metric == "params" else measure(sel.removed)
 
     if global_ranking:
         prunable = np.concatenate([g.comps for g in graph.prunable_groups]) if graph.prunable_groups else []
@@ -288,16 +290,22 @@ def choose(
 ) -> tuple[Selection, list[str]]:
     """The channels to remove for ``goal`` (and notes on where a target landed); refuses an unreachable target.
     ``comparable`` scores (``recon``) are ranked globally per MAC rather than per group. With a ``latency`` model,
-    latency goals are predicted by it, and every goal but per-unit ratios is met by ranking channels globally per
-    unit of ``cost`` saved: "latency" (the model's milliseconds) or "macs"."""
+    latency goals are predicted by it; ``cost="latency"``, or ``comparable`` scores, meet every goal but per-unit
+    ratios by ranking channels globally per unit of ``cost`` saved ("latency": the model's milliseconds, or "macs");
+    other scores meet a latency goal as they meet a MACs goal (uniform, or globally against their group's mean)."""
     notes: list[str] = []
     if goal.units is not None:
         selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
-    elif latency is not None:
+    elif latency is not None and (cost == "latency" or comparable):
         ranking = latency if cost == "latency" else LatencyModel(graph, conv_macs, quantum=1)  # MACs: exact, unblocked
         selection = by_cost(graph, scores, goal, ranking, latency, max_ratio, round_to, comparable)
         if goal.fraction is not None:
             _check_reached(graph, goal, selection, latency, max_ratio, round_to, notes)
+        if cost == "latency" and not comparable:
+            notes.append(
+                "cost=latency with scores that do not compare across layers ranks layers by their milliseconds "
+                "alone and can empty the costliest ones: calibrate (--calib) to rank by the damage each removal does"
+            )
     elif goal.ratio is not None:
         selection = finish(graph, scores, uniform_counts(graph, goal.ratio, max_ratio), round_to)
         if global_ranking:
@@ -321,8 +329,9 @@ def choose(
             max_ratio=max_ratio,
             round_to=round_to,
             comparable=comparable,
+            latency=latency,
         )
-        _check_reached(graph, goal, selection, None, max_ratio, round_to, notes)
+        _check_reached(graph, goal, selection, latency, max_ratio, round_to, notes)
     if selection.rounded or selection.too_small:
         notes.append(
             f"round_to={round_to}: rounded {selection.rounded} group counts; "

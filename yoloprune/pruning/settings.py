@@ -82,9 +82,7 @@ class PruneSettings:
             raise ValueError(f"unknown importance {self.importance!r}; choose one of {', '.join(CRITERIA)}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"unknown aggregate {self.aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-        if self.cost is None:  # recorded as what it meant
-            self.cost = "latency" if self.target_latency_ms is not None else "macs"
-        if self.cost not in COSTS:
+        if self.cost is not None and self.cost not in COSTS:  # None: resolved by pruning.run (``default_cost``)
             raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
         if self.cost == "latency" and (self.unit_ratios or self.global_ranking is False):
             what = (

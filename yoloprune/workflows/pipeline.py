@@ -83,7 +83,8 @@ def prune(
     ``calib``: fragile layers lose less), other scores normalised by their group's mean; False prunes every group by
     the same fraction (the default without ``calib``). ``cost="latency"`` ranks globally by importance lost per
     millisecond saved instead, from a latency table of the model's convolutions timed with onnxruntime on this
-    machine (cached per machine and thread count; the default with a latency target). ``round_to`` keeps every
+    machine (cached per machine and thread count; the default for a latency target with ``calib``: without it, a
+    latency target is met as a MACs target is, ``options.default_cost``). ``round_to`` keeps every
     pruned group's channel count a multiple of N. ``steps`` > 1 prunes toward the target in that many steps, calling
     ``between_steps(step, model)`` after each but the last (a short fine-tune); it may return False to stop early.
 

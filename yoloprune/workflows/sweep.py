@@ -122,10 +122,11 @@ def sweep(
     """Run (or finish) a sweep of ``model`` (a checkpoint) over ``targets``, fractions of its MACs (``by="macs"``)
     or of its measured latency (``by="latency"``); returns every point, the unpruned one (target 1.0) first. With
     ``calib`` (a folder of unlabelled images) every pruned point is calibrated on them before it is fine-tuned or
-    measured. ``cost="latency"`` (the default by latency) ranks channels per millisecond of this machine's latency
-    table; ``threads`` (default: every core this process may use) times it and every point."""
+    measured. ``cost="latency"`` ranks channels per millisecond of this machine's latency table (the default by
+    latency with ``calib``: ``options.default_cost``); ``threads`` (default: every core this process may use) times
+    it and every point."""
     from yoloprune.adapters import load_model, save_model
-    from yoloprune.options import default_threads
+    from yoloprune.options import AUTO_CRITERIA, default_cost, default_threads
     from yoloprune.pruning.settings import PruneSettings
     from yoloprune.train.recover import check_overrides
     from yoloprune.workflows.pipeline import default_teacher, measure, prune_to_file, recover
@@ -137,7 +138,6 @@ def sweep(
     targets = sorted({float(t) for t in targets}, reverse=True)
     if any(not 0 < t < 1 for t in targets):
         raise ValueError(f"sweep targets are {by} fractions in (0, 1)")
-    cost = cost or ("latency" if by == "latency" else "macs")
     check_numbers(kd_weight=kd_weight)
     threads = default_threads() if threads is None else threads
     settings = PruneSettings(
@@ -157,7 +157,7 @@ def sweep(
         global_ranking=global_ranking,
         round_to=round_to,
         threads=threads,
-        **({"cost": cost} if cost != "macs" else {}),  # folders swept before costs existed stay resumable
+        **({"cost": cost} if cost not in (None, "macs") else {}),  # folders swept before costs existed stay resumable
         **({"by": by} if by != "macs" else {}),
         finetune=tuning if finetune_epochs > 0 else None,
         calib={"images": str(Path(calib).resolve()), "count": calib_images} if calib is not None else None,
@@ -230,7 +230,9 @@ def sweep(
     points.sort(key=lambda p: -p.target)
     timing = f"Latency: onnxruntime on this machine's CPU, {threads} thread(s), {imgsz}x{imgsz}, p50 of {runs} runs."
     aimed = "the unpruned model's measured latency" if by == "latency" else "its MACs"
-    ranked = " Channels ranked per millisecond of the latency table." if cost == "latency" else ""
+    criterion = AUTO_CRITERIA[0 if calib is not None else 1] if importance == "auto" else importance
+    per_ms = (cost or default_cost(criterion, by == "latency")) == "latency"
+    ranked = " Channels ranked per millisecond of the latency table." if per_ms else ""
     write_results(points, out, f"{timing} Targets: fractions of {aimed}.{ranked}", by)
     return points
 
