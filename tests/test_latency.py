@@ -207,6 +207,26 @@ def test_relative_latency_takes_turns_so_a_drifting_machine_cancels_out(monkeypa
     assert calls == [True] * 8
 
 
+def test_files_timed_side_by_side_take_turns_so_a_drifting_machine_moves_them_alike(monkeypatch, tmp_path):
+    """``bench.side_by_side``: every file is timed in each round, in turn, and its figure is the median of its
+    rounds: with the machine 1.0, 1.5, 0.9 and 1.1x as slow in four rounds, files taking 10, 6 and 3 ms read 10.5,
+    6.3 and 3.15 (each at its rounds' median drift, 1.05), and their ratios stay exact."""
+    from yoloprune.export import bench
+
+    drift, shares, calls = [1.0, 1.5, 0.9, 1.1], [10.0, 6.0, 3.0], []
+
+    def clock(run, runs, warmup):
+        index = len(calls)
+        calls.append(runs)
+        return bench.Timing(shares[index % 3] * drift[index // 3], 0.0, 0.0, runs, warmup)
+
+    path = tmp_path / "m.onnx"
+    export_onnx(from_config("yolov8n.yaml").eval(), path, imgsz=64)
+    monkeypatch.setattr(bench, "time_calls", clock)
+    assert bench.side_by_side([path, path, path], 64, 1, runs=8) == pytest.approx([10.5, 6.3, 3.15])
+    assert calls == [2] * 12  # 8 runs split over 4 rounds, three files in each
+
+
 def test_latency_target_lands_under_budget(monkeypatch):
     """The target path end to end on deterministic clocks: the whole model takes its MACs in microseconds plus a
     fixed 2 ms the table does not hold, so the first candidate lands over the budget and the line through it and

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -174,9 +174,20 @@ def relative_latency(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path, imgsz=imgsz)
-        runners = [_runner(session(p, threads, imgsz), imgsz) for p in (reference, path)]
-        ratios = []
-        for _ in range(rounds):
-            ref, ms = (time_calls(run, runs, warmup=2).p50 for run in runners)
-            ratios.append(ms / ref)
-        return statistics.median(ratios)
+        return statistics.median(ms / ref for ref, ms in interleaved([reference, path], imgsz, threads, rounds, runs))
+
+
+def interleaved(
+    paths: Sequence[str | Path], imgsz: int, threads: int, rounds: int = 4, runs: int = 8
+) -> list[list[float]]:
+    """p50 milliseconds of every ONNX file in each of ``rounds`` rounds, each timing the files in turn ``runs`` times
+    (every session open throughout): a machine whose speed drifts between minutes moves a round's files alike."""
+    runners = [_runner(session(p, threads, imgsz), imgsz) for p in paths]
+    return [[time_calls(run, runs, warmup=2).p50 for run in runners] for _ in range(rounds)]
+
+
+def side_by_side(paths: Sequence[str | Path], imgsz: int, threads: int, runs: int = 32, rounds: int = 4) -> list[float]:
+    """Milliseconds of every ONNX file timed in turn with the others: the median over ``rounds`` interleaved rounds
+    of its p50 over ``runs`` / ``rounds`` runs, so figures meant for one table come from one stretch of time."""
+    timed = interleaved(paths, imgsz, threads, rounds, max(1, runs // rounds))
+    return [statistics.median(r[i] for r in timed) for i in range(len(paths))]

@@ -228,12 +228,30 @@ def sweep(
         write_atomic(record, lambda f, p=point: f.write(json.dumps(asdict(p), indent=1).encode()))
     points = [Point(**json.loads(p.read_text())) for p in sorted(points_dir.glob("*.json"))]
     points.sort(key=lambda p: -p.target)
-    timing = f"Latency: onnxruntime on this machine's CPU, {threads} thread(s), {imgsz}x{imgsz}, p50 of {runs} runs."
+    how = f"p50 of {runs} runs as each point finished"
+    if len(points) > 1 and all(Path(p.onnx).is_file() for p in points):
+        points = _side_by_side(points, points_dir, imgsz, threads, runs)
+        how = f"every point timed side by side at the end (median of 4 interleaved rounds of {max(1, runs // 4)} runs)"
+    timing = f"Latency: onnxruntime on this machine's CPU, {threads} thread(s), {imgsz}x{imgsz}, {how}."
     aimed = "the unpruned model's measured latency" if by == "latency" else "its MACs"
     criterion = AUTO_CRITERIA[0 if calib is not None else 1] if importance == "auto" else importance
     per_ms = (cost or default_cost(criterion, by == "latency")) == "latency"
     ranked = " Channels ranked per millisecond of the latency table." if per_ms else ""
     write_results(points, out, f"{timing} Targets: fractions of {aimed}.{ranked}", by)
+    return points
+
+
+def _side_by_side(points: list[Point], points_dir: Path, imgsz: int, threads: int, runs: int) -> list[Point]:
+    """The points with their latency timed again, all in turn (``bench.side_by_side``), their records updated: a
+    machine whose speed drifts between points (this one's by 10-50% between minutes with 2 threads) would
+    otherwise draw the curve from different machines."""
+    from yoloprune.export.bench import side_by_side
+
+    timed = side_by_side([p.onnx for p in points], imgsz, threads, runs)
+    points = [replace(p, latency_p50_ms=ms) for p, ms in zip(points, timed)]
+    for p in points:
+        record = points_dir / f"{p.target:.3f}.json"
+        write_atomic(record, lambda f, p=p: f.write(json.dumps(asdict(p), indent=1).encode()), overwrite=True)
     return points
 
 
