@@ -5,8 +5,9 @@ same latency target (``--target`` x the unpruned model's onnxruntime latency at 
 ``--threads``) is reached twice with calibration, both aimed from that one unpruned timing and checked by timing
 the pruned model against the unpruned one:
 
-- ``macs``: ``--cost macs``, the recon importance per MAC saved (the default ranking with images);
-- ``latency``: ``--cost latency``, the recon importance per millisecond saved from this machine's latency table;
+- ``macs``: ``--cost macs``, the recon importance per MAC saved;
+- ``latency``: ``--cost latency``, the recon importance per millisecond saved from this machine's latency table
+  (the default for a latency target with images);
 
 then both are timed again side by side (interleaved, ``--runs`` each) and fine-tuned ``--epochs`` with distillation
 from the unpruned model. The table has MACs, params, the measured latency, pycocotools mAP50-95 on the val split

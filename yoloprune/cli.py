@@ -463,7 +463,8 @@ def _ranking_options(p: argparse.ArgumentParser) -> None:
         choices=COSTS,
         default=None,
         help="rank channels globally per MAC or per millisecond they save (latency: a table of the model's "
-        "convolutions timed with onnxruntime here, cached; the default with --target-latency and --calib)",
+        "convolutions timed with onnxruntime here, cached; the default for latency targets ranked by recon, "
+        "as with --calib)",
     )
 
 

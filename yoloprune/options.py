@@ -19,12 +19,14 @@ COSTS = ("macs", "latency")  # what a global ranking charges a channel: the MACs
 SWEEP_BY = ("macs", "latency")  # what a sweep's targets are fractions of: MACs or the measured latency
 
 
-def default_cost(importance: Any, latency_target: bool) -> str:
+def default_cost(importance: Any, latency_target: bool, global_ranking: bool | None = None) -> str:
     """What a ranking charges a channel when not told: the milliseconds it saves for a latency target ranked by
-    scores that compare across layers (``COMPARABLE``), else its MACs. Per millisecond, scores that do not compare
+    scores that compare across layers (``COMPARABLE``) and not every layer alike (``global_ranking`` False), else
+    its MACs. Per millisecond, scores that do not compare
     (l2 normalised per layer) would rank layers by their milliseconds alone and empty the costliest ones: a converged
     yolov8s lost all its mAP at 75% MACs that way (0.005 mAP50-95; 0.653 with every layer losing the same share)."""
-    return "latency" if latency_target and isinstance(importance, str) and importance in COMPARABLE else "macs"
+    comparable = isinstance(importance, str) and importance in COMPARABLE
+    return "latency" if latency_target and comparable and global_ranking is not False else "macs"
 
 
 def default_threads() -> int:

@@ -186,8 +186,8 @@ def interleaved(
     return [[time_calls(run, runs, warmup=2).p50 for run in runners] for _ in range(rounds)]
 
 
-def side_by_side(paths: Sequence[str | Path], imgsz: int, threads: int, runs: int = 32, rounds: int = 4) -> list[float]:
+def side_by_side(paths: Sequence[str | Path], imgsz: int, threads: int, rounds: int = 4, runs: int = 8) -> list[float]:
     """Milliseconds of every ONNX file timed in turn with the others: the median over ``rounds`` interleaved rounds
-    of its p50 over ``runs`` / ``rounds`` runs, so figures meant for one table come from one stretch of time."""
-    timed = interleaved(paths, imgsz, threads, rounds, max(1, runs // rounds))
+    of its p50 over ``runs`` runs, so figures meant for one table come from one stretch of time."""
+    timed = interleaved(paths, imgsz, threads, rounds, runs)
     return [statistics.median(r[i] for r in timed) for i in range(len(paths))]

@@ -143,7 +143,7 @@ def _prune(
     if s.importance == "auto":  # recorded as what it meant
         s = replace(s, importance=AUTO_CRITERIA[0] if calib_batches else AUTO_CRITERIA[1])
     if s.cost is None:  # recorded as what it meant
-        s = replace(s, cost=default_cost(s.importance, s.target_latency_ms is not None))
+        s = replace(s, cost=default_cost(s.importance, s.target_latency_ms is not None, s.global_ranking))
     if s.global_ranking is None:  # scores that compare across layers rank globally, per MAC
         s = replace(s, global_ranking=s.importance in COMPARABLE or s.cost == "latency")
     reference = copy.deepcopy(resolve(model, s.family, s.prune_head).module) if s.verify else None

@@ -209,7 +209,8 @@ def _check_reached(
 
 
 class UnreachableTarget(PruneError):
-    """A MACs/params target below what the frozen layers and ``max_ratio`` allow; ``reached`` is the least possible."""
+    """A MACs/params/latency target below what the frozen layers and ``max_ratio`` allow; ``reached`` is the least
+    possible."""
 
     def __init__(self, message: str, reached: float):
         super().__init__(message)
@@ -290,13 +291,14 @@ def choose(
 ) -> tuple[Selection, list[str]]:
     """The channels to remove for ``goal`` (and notes on where a target landed); refuses an unreachable target.
     ``comparable`` scores (``recon``) are ranked globally per MAC rather than per group. With a ``latency`` model,
-    latency goals are predicted by it; ``cost="latency"``, or ``comparable`` scores, meet every goal but per-unit
-    ratios by ranking channels globally per unit of ``cost`` saved ("latency": the model's milliseconds, or "macs");
-    other scores meet a latency goal as they meet a MACs goal (uniform, or globally against their group's mean)."""
+    latency goals are predicted by it; ``cost="latency"``, or ``comparable`` scores ranked globally, meet every goal
+    but per-unit ratios by ranking channels globally per unit of ``cost`` saved ("latency": the model's
+    milliseconds, or "macs"); other scores meet a latency goal as they meet a MACs goal (uniform, or globally
+    against their group's mean)."""
     notes: list[str] = []
     if goal.units is not None:
         selection = finish(graph, scores, unit_counts(graph, goal.units, goal.by), round_to)
-    elif latency is not None and (cost == "latency" or comparable):
+    elif latency is not None and (cost == "latency" or (comparable and global_ranking)):
         ranking = latency if cost == "latency" else LatencyModel(graph, conv_macs, quantum=1)  # MACs: exact, unblocked
         selection = by_cost(graph, scores, goal, ranking, latency, max_ratio, round_to, comparable)
         if goal.fraction is not None:
@@ -304,7 +306,7 @@ def choose(
         if cost == "latency" and not comparable:
             notes.append(
                 "cost=latency with scores that do not compare across layers ranks layers by their milliseconds "
-                "alone and can empty the costliest ones: calibrate (--calib) to rank by the damage each removal does"
+                "alone and can empty the costliest ones: recon scores (--calib) rank by the damage each removal does"
             )
     elif goal.ratio is not None:
         selection = finish(graph, scores, uniform_counts(graph, goal.ratio, max_ratio), round_to)

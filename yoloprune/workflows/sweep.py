@@ -140,11 +140,13 @@ def sweep(
         raise ValueError(f"sweep targets are {by} fractions in (0, 1)")
     check_numbers(kd_weight=kd_weight)
     threads = default_threads() if threads is None else threads
+    criterion = AUTO_CRITERIA[0 if calib is not None else 1] if importance == "auto" else importance
+    ranked_by = cost or default_cost(criterion, by == "latency", global_ranking)
     settings = PruneSettings(
         importance=importance,
         global_ranking=global_ranking,
         round_to=round_to,
-        cost=cost,
+        cost=ranked_by,
         latency_imgsz=imgsz,
         latency_threads=threads,
     )
@@ -157,7 +159,7 @@ def sweep(
         global_ranking=global_ranking,
         round_to=round_to,
         threads=threads,
-        **({"cost": cost} if cost not in (None, "macs") else {}),  # folders swept before costs existed stay resumable
+        **({"cost": ranked_by} if ranked_by != "macs" else {}),  # folders swept before costs existed stay resumable
         **({"by": by} if by != "macs" else {}),
         finetune=tuning if finetune_epochs > 0 else None,
         calib={"images": str(Path(calib).resolve()), "count": calib_images} if calib is not None else None,
@@ -190,8 +192,9 @@ def sweep(
                 save_model(copy.deepcopy(source), checkpoint, {}, overwrite=True)
         else:
             checkpoint = models_dir / f"pruned-{target:.3f}.pt"
-            if by == "latency":
-                goal = {"target_latency_ms": target * unpruned_ms, "latency_unpruned_ms": unpruned_ms}
+            if by == "latency":  # on other classes the unpruned point's head differs: time the source to aim
+                aim = None if transfer else unpruned_ms
+                goal = {"target_latency_ms": target * unpruned_ms, "latency_unpruned_ms": aim}
             else:
                 goal = {"target_macs": target}
             at_target = replace(settings, ratio=None, family=source.family, **goal)
@@ -230,29 +233,24 @@ def sweep(
     points.sort(key=lambda p: -p.target)
     how = f"p50 of {runs} runs as each point finished"
     if len(points) > 1 and all(Path(p.onnx).is_file() for p in points):
-        points = _side_by_side(points, points_dir, imgsz, threads, runs)
+        points = _side_by_side(points, imgsz, threads, runs)
         how = f"every point timed side by side at the end (median of 4 interleaved rounds of {max(1, runs // 4)} runs)"
     timing = f"Latency: onnxruntime on this machine's CPU, {threads} thread(s), {imgsz}x{imgsz}, {how}."
     aimed = "the unpruned model's measured latency" if by == "latency" else "its MACs"
-    criterion = AUTO_CRITERIA[0 if calib is not None else 1] if importance == "auto" else importance
-    per_ms = (cost or default_cost(criterion, by == "latency")) == "latency"
-    ranked = " Channels ranked per millisecond of the latency table." if per_ms else ""
+    ranked = " Channels ranked per millisecond of the latency table." if ranked_by == "latency" else ""
     write_results(points, out, f"{timing} Targets: fractions of {aimed}.{ranked}", by)
     return points
 
 
-def _side_by_side(points: list[Point], points_dir: Path, imgsz: int, threads: int, runs: int) -> list[Point]:
-    """The points with their latency timed again, all in turn (``bench.side_by_side``), their records updated: a
-    machine whose speed drifts between points (this one's by 10-50% between minutes with 2 threads) would
-    otherwise draw the curve from different machines."""
+def _side_by_side(points: list[Point], imgsz: int, threads: int, runs: int) -> list[Point]:
+    """The points with their latency timed again, all in turn (``bench.side_by_side``), for the results: a machine
+    whose speed drifts between points (this one's by 10-50% between minutes with 2 threads) would otherwise draw
+    the curve from different machines. The records keep the timings they were made with (latency targets stay
+    aimed from the unpruned point's)."""
     from yoloprune.export.bench import side_by_side
 
-    timed = side_by_side([p.onnx for p in points], imgsz, threads, runs)
-    points = [replace(p, latency_p50_ms=ms) for p, ms in zip(points, timed)]
-    for p in points:
-        record = points_dir / f"{p.target:.3f}.json"
-        write_atomic(record, lambda f, p=p: f.write(json.dumps(asdict(p), indent=1).encode()), overwrite=True)
-    return points
+    timed = side_by_side([p.onnx for p in points], imgsz, threads, runs=max(1, runs // 4))
+    return [replace(p, latency_p50_ms=ms) for p, ms in zip(points, timed)]
 
 
 def _new_classes(source: Any, data: str | Path) -> str:
