@@ -432,6 +432,10 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
     # both over: through the two nearest, never below half the deepest cut tried
     assert next_fraction([(0.5, 120.0), (0.45, 118.0)], 100.0) == pytest.approx(0.225)
     assert next_fraction([(0.5, 104.0), (0.48, 102.0)], 100.0) == pytest.approx(0.48 - 3.5 / 2 * 0.02)
+    # with the unpruned model: past the deepest cut at most twice the step of the line from the unpruned model to it
+    # (candidates at 0.712 and 0.711 of the unpruned for 0.70 drew a line to 0.31 in a search; that line says 0.656)
+    reach = 0.68 - (0.711 - 0.6895) * 0.32 / 0.289
+    assert next_fraction([(1.0, 1.0), (0.70, 0.712), (0.68, 0.711)], 0.70) == pytest.approx(0.68 - 2 * (0.68 - reach))
     # with the unpruned model among them: a line through it and one copy holds a constant cost the table left out
     # (147 ms unpruned, 77 at half the table: 7 ms that do not shrink; aimed at 0.4671, not in proportion at 0.4701)
     assert next_fraction([(1.0, 147.0), (0.5, 77.0)], 73.5) == pytest.approx(0.5 - (77.0 - 0.985 * 73.5) / 140)
@@ -444,19 +448,28 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
 
 def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
     """A copy that measures the same whatever is cut (60 ms for a 100 ms target) keeps aiming at one share; once a
-    share has been timed, the next is taken 2% deeper rather than timed again."""
+    share has been timed, the next is taken 2% deeper rather than timed again. A copy shaped like one timed already
+    (a cut that moves in steps) is not timed again either: the share steps past it in proportion."""
     from yoloprune.export import bench
     from yoloprune.workflows.pipeline import _fit_latency
 
-    monkeypatch.setattr(bench, "relative_latency", lambda *a, **k: 0.3)
+    timings: list[int] = []
+    monkeypatch.setattr(bench, "relative_latency", lambda *a, **k: timings.append(1) or 0.3)
     tried: list[float] = []
-    fraction, measured, unpruned = _fit_latency(
-        from_config("yolov8n.yaml"), 100.0, 200.0, 64, PruneSettings(), lambda net, f: tried.append(f)
-    )
-    assert len(tried) == 6 and len(set(tried)) == 6
-    aimed = 0.5 + (98.5 - 60) / 140 * 0.5  # between the first copy and the unpruned model (1.0, 200 ms), every
-    # time: each repeat goes 2% deeper instead
-    assert tried == pytest.approx([0.5, aimed, *(aimed * 0.98**k for k in range(1, 5))])
+
+    def prune_copy(net, f):  # keeps a share of model.2's channels that moves in steps of 5%
+        tried.append(f)
+        conv = net.model[2].cv1.conv
+        conv.weight = nn.Parameter(conv.weight[: round(f * 20) * conv.out_channels // 20])
+
+    model = from_config("yolov8n.yaml")
+    fraction, measured, unpruned = _fit_latency(model, 100.0, 200.0, 64, PruneSettings(), prune_copy)
+    aimed = 0.5 + (98.5 - 60) / 140 * 0.5  # 0.6375, between the first copy and the unpruned model (1.0, 200 ms)
+    # every later aim is a share timed already: 2% deeper each time (0.6248 keeps 12/20, timed; 0.6123 keeps 12/20
+    # again, so it is not timed: its copy ran at 60 ms, so the share would step toward 98.5 ms in proportion, past
+    # the unpruned model, and the search stops)
+    assert tried == pytest.approx([0.5, aimed, aimed * 0.98, aimed * 0.98**2])
+    assert len(timings) == 3  # 10/20, 13/20 and 12/20 of the channels: each shape timed once
     assert (fraction, measured) == (0.5, pytest.approx(60.0))  # every copy fits: the first of the fastest is kept
     assert unpruned == 200.0  # given, not timed
 

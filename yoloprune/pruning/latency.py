@@ -204,8 +204,10 @@ class LatencyModel:
 def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 0.985) -> float:
     """The next share of the predicted latency to try, from ``(share, measured ms)`` pairs timed so far (the unpruned
     model among them, at share 1.0): aimed at ``aim`` x ``target`` by interpolating between the nearest timed shares
-    on either side of it, or through the two nearest when all lie on one side, or in proportion from the deepest
-    cut when there is one point or the two disagree (a deeper cut measured slower).
+    on either side of it, or through the two nearest when all lie on one side (past the deepest cut at most twice
+    the step of the line from the widest share, the unpruned model, to the deepest: two close, noisy timings draw a
+    line that leaps), or in proportion from the deepest cut when there is one point or the two disagree (a deeper
+    cut measured slower).
     A line through measured points holds what the table leaves out (a constant cost, a machine faster or slower
     than when the table was timed). Never a share already timed (timing it again would only measure noise): 2%
     deeper instead."""
@@ -215,11 +217,16 @@ def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 
     over = [t for t in ordered if t[1] > goal]
     pair = (under[0], over[0]) if under and over else tuple(ordered[:2])
     (f0, m0), (f1, m1) = pair if len(pair) == 2 else (pair[0], pair[0])
-    deepest = min(timed)
+    deepest, widest = min(timed), max(timed)
+    proportional = deepest[0] * goal / deepest[1]
     if (f1 - f0) * (m1 - m0) > 1e-12:  # a line along which deeper cuts run faster
         fraction = f0 + (goal - m0) * (f1 - f0) / (m1 - m0)
+        if widest[0] > deepest[0] and widest[1] > deepest[1]:  # the longest line (from the unpruned model) holds
+            reach = deepest[0] - (deepest[1] - goal) * (widest[0] - deepest[0]) / (widest[1] - deepest[1])
+            if fraction < reach < deepest[0]:  # past the deepest cut a line through close timings can leap
+                fraction = max(fraction, deepest[0] - 2 * (deepest[0] - reach))
     else:  # one point, or noise that ran a deeper cut slower: in proportion from the deepest cut
-        fraction = deepest[0] * goal / deepest[1]
+        fraction = proportional
     # never more than halve the deepest cut tried: extrapolation is a guess
     fraction = min(max(fraction, 0.5 * deepest[0], 0.01), 1.0)
     while any(abs(fraction - f) < 1e-4 for f, _ in timed):

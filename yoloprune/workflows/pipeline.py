@@ -211,13 +211,15 @@ def _fit_latency(
 ) -> tuple[float, float, float]:
     """The share of the predicted latency to prune to, its measured milliseconds and the unpruned model's (timed
     here unless given): start at the target's share of the unpruned latency, then aim each copy by the unpruned model
-    and the copies timed so far (``latency.next_fraction``) until one lands within 3% under the target. The
+    and the copies timed so far (``latency.next_fraction``) until one lands within 3% under the target (a copy
+    shaped like one timed before is not timed again: the share steps past it, ``_step_past``). The
     unpruned model is exported once; each copy is timed against it in interleaved rounds, its milliseconds the ratio
     times ``unpruned_ms``, so the machine's drift between timings does not move the cut."""
     from yoloprune.export.bench import module_latency, relative_latency
     from yoloprune.export.onnx import export_onnx
 
     tried: list[float] = []
+    seen: dict[tuple, float] = {}  # each timed copy's parameter shapes: its milliseconds
     refused: UnreachableTarget | None = None
     with tempfile.TemporaryDirectory() as tmp:
         reference = Path(tmp) / "unpruned.onnx"  # exported once, timed beside every copy
@@ -230,7 +232,9 @@ def _fit_latency(
             raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target:.1f} ms; nothing to prune")
         timed = [(1.0, unpruned_ms)]
         fraction = target / unpruned_ms
-        for _ in range(tries):
+        for _ in range(4 * tries):  # a copy shaped like one timed before costs a prune, not a timing
+            if len(timed) > tries:
+                break
             probe = copy.deepcopy(model)
             tried.append(fraction)
             try:
@@ -242,8 +246,16 @@ def _fit_latency(
                 fraction = deepest.reached
                 continue
             net = resolve(probe, settings.family, settings.prune_head).module
+            shape = tuple(tuple(p.shape) for p in net.parameters())
+            if shape in seen:  # a cut moving in steps (uniform, round_to) gave a copy timed already: step past it
+                past = _step_past(fraction, seen[shape], target, tried)
+                if past is None:
+                    break
+                fraction = past
+                continue
             ratio = relative_latency(net, reference, imgsz, settings.latency_threads)
             timed.append((fraction, ratio * unpruned_ms))
+            seen[shape] = ratio * unpruned_ms
             fits = [t for t in timed if t[1] <= target]
             if fits and max(ms for _, ms in fits) >= 0.97 * target:
                 break
@@ -257,6 +269,17 @@ def _fit_latency(
             f"{min(ms for _, ms in timed[1:]):.1f} ms at {imgsz}x{imgsz} with {settings.latency_threads} thread(s)"
         )
     return (*max(fits, key=lambda t: t[1]), unpruned_ms)
+
+
+def _step_past(fraction: float, ms: float, target: float, tried: list[float]) -> float | None:
+    """The share to try after one that gave a copy shaped like one timed at ``ms``: in proportion toward the
+    target, at least 2% away, past every share tried; None past the unpruned model."""
+    step = min(0.985 * target / ms, 0.98) if ms > target else max(0.985 * target / ms, 1 / 0.98)
+    while any(abs(fraction - f) < 1e-4 for f in tried):
+        fraction *= step
+        if fraction > 1.0:
+            return None
+    return fraction
 
 
 def _calibration_batches(
