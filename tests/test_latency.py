@@ -433,7 +433,8 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
     assert next_fraction([(0.5, 120.0), (0.45, 118.0)], 100.0) == pytest.approx(0.225)
     assert next_fraction([(0.5, 104.0), (0.48, 102.0)], 100.0) == pytest.approx(0.48 - 3.5 / 2 * 0.02)
     # with the unpruned model: past the deepest cut at most twice the step of the line from the unpruned model to it
-    # (candidates at 0.712 and 0.711 of the unpruned for 0.70 drew a line to 0.31 in a search; that line says 0.656)
+    # (in a real search candidates at 0.712 and 0.711 of the unpruned for 0.70 drew a line to a copy measured at
+    # 0.31; here the line through them reaches 0.25, the line from the unpruned model 0.656)
     reach = 0.68 - (0.711 - 0.6895) * 0.32 / 0.289
     assert next_fraction([(1.0, 1.0), (0.70, 0.712), (0.68, 0.711)], 0.70) == pytest.approx(0.68 - 2 * (0.68 - reach))
     # with the unpruned model among them: a line through it and one copy holds a constant cost the table left out
@@ -449,7 +450,7 @@ def test_each_latency_candidate_is_aimed_by_the_ones_timed_before():
 def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
     """A copy that measures the same whatever is cut (60 ms for a 100 ms target) keeps aiming at one share; once a
     share has been timed, the next is taken 2% deeper rather than timed again. A copy shaped like one timed already
-    (a cut that moves in steps) is not timed again either: the share steps past it in proportion."""
+    (a cut that moves in steps) is not timed again either: the share steps 2% past it."""
     from yoloprune.export import bench
     from yoloprune.workflows.pipeline import _fit_latency
 
@@ -466,11 +467,12 @@ def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
     fraction, measured, unpruned = _fit_latency(model, 100.0, 200.0, 64, PruneSettings(), prune_copy)
     aimed = 0.5 + (98.5 - 60) / 140 * 0.5  # 0.6375, between the first copy and the unpruned model (1.0, 200 ms)
     # every later aim is a share timed already: 2% deeper each time (0.6248 keeps 12/20, timed; 0.6123 keeps 12/20
-    # again, so it is not timed: its copy ran at 60 ms, so the share would step toward 98.5 ms in proportion, past
-    # the unpruned model, and the search stops)
-    assert tried == pytest.approx([0.5, aimed, aimed * 0.98, aimed * 0.98**2])
+    # again, so it is not timed: its copy ran under the target, so the share steps 2% wider past those tried, to
+    # 0.6505, which keeps 13/20 like 0.6375: between the widest copy under the target and the unpruned model over
+    # it no other shape is left at this step, and the search stops)
+    assert tried == pytest.approx([0.5, aimed, aimed * 0.98, aimed * 0.98**2, aimed / 0.98])
     assert len(timings) == 3  # 10/20, 13/20 and 12/20 of the channels: each shape timed once
-    assert (fraction, measured) == (0.5, pytest.approx(60.0))  # every copy fits: the first of the fastest is kept
+    assert (fraction, measured) == (0.5, pytest.approx(60.0))  # every copy fits and ties: the first is kept
     assert unpruned == 200.0  # given, not timed
 
 
@@ -488,6 +490,8 @@ def test_a_target_past_what_max_ratio_allows_is_timed_at_the_deepest_cut(monkeyp
         if fraction < 0.6 - 1e-9:
             raise UnreachableTarget(f"{fraction} is past max_ratio", 0.6)
         tried.append(fraction)
+        conv = net.model[2].cv1.conv  # a copy shaped by its share, as a real cut is
+        conv.weight = nn.Parameter(conv.weight[: round(fraction * 20) * conv.out_channels // 20])
 
     monkeypatch.setattr(bench, "relative_latency", lambda *a, **k: tried[-1] - 0.05)
     model = from_config("yolov8n.yaml")

@@ -212,7 +212,8 @@ def _fit_latency(
     """The share of the predicted latency to prune to, its measured milliseconds and the unpruned model's (timed
     here unless given): start at the target's share of the unpruned latency, then aim each copy by the unpruned model
     and the copies timed so far (``latency.next_fraction``) until one lands within 3% under the target (a copy
-    shaped like one timed before is not timed again: the share steps past it, ``_step_past``). The
+    shaped like one timed before is not timed again: the share steps past it, ``_step_past``; at most 4 x ``tries``
+    prunes). The
     unpruned model is exported once; each copy is timed against it in interleaved rounds, its milliseconds the ratio
     times ``unpruned_ms``, so the machine's drift between timings does not move the cut."""
     from yoloprune.export.bench import module_latency, relative_latency
@@ -231,6 +232,7 @@ def _fit_latency(
         if unpruned_ms <= target:
             raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target:.1f} ms; nothing to prune")
         timed = [(1.0, unpruned_ms)]
+        seen[tuple(tuple(p.shape) for p in unpruned.parameters())] = unpruned_ms
         fraction = target / unpruned_ms
         for _ in range(4 * tries):  # a copy shaped like one timed before costs a prune, not a timing
             if len(timed) > tries:
@@ -248,7 +250,7 @@ def _fit_latency(
             net = resolve(probe, settings.family, settings.prune_head).module
             shape = tuple(tuple(p.shape) for p in net.parameters())
             if shape in seen:  # a cut moving in steps (uniform, round_to) gave a copy timed already: step past it
-                past = _step_past(fraction, seen[shape], target, tried)
+                past = _step_past(fraction, seen[shape], target, tried, timed)
                 if past is None:
                     break
                 fraction = past
@@ -271,10 +273,17 @@ def _fit_latency(
     return (*max(fits, key=lambda t: t[1]), unpruned_ms)
 
 
-def _step_past(fraction: float, ms: float, target: float, tried: list[float]) -> float | None:
-    """The share to try after one that gave a copy shaped like one timed at ``ms``: in proportion toward the
-    target, at least 2% away, past every share tried; None past the unpruned model."""
-    step = min(0.985 * target / ms, 0.98) if ms > target else max(0.985 * target / ms, 1 / 0.98)
+def _step_past(
+    fraction: float, ms: float, target: float, tried: list[float], timed: list[tuple[float, float]]
+) -> float | None:
+    """The share to try after ``fraction`` gave a copy shaped like one timed at ``ms``: 2% toward the target, past
+    every share tried; None past the unpruned model, or when ``fraction`` lies between the widest copy under the
+    target and the deepest over it (no other shape lies between them at this step)."""
+    under = [f for f, m in timed if m <= target]
+    over = [f for f, m in timed if m > target]
+    if under and over and max(under) < fraction < min(over):
+        return None
+    step = 0.98 if ms > target else 1 / 0.98
     while any(abs(fraction - f) < 1e-4 for f in tried):
         fraction *= step
         if fraction > 1.0:
