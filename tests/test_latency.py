@@ -476,6 +476,20 @@ def test_the_target_search_never_times_the_same_cut_twice(monkeypatch):
     assert unpruned == 200.0  # given, not timed
 
 
+def test_a_target_no_cut_can_change_is_refused_without_timing_anything(monkeypatch):
+    from yoloprune.export import bench
+    from yoloprune.workflows.pipeline import _fit_latency
+
+    def never(*args, **kwargs):
+        raise AssertionError("a copy shaped like the unpruned model was timed")
+
+    monkeypatch.setattr(bench, "relative_latency", never)
+    tried: list[float] = []
+    with pytest.raises(yoloprune.graph.PruneError, match=r"cannot reach 50\.0 ms: no cut these settings allow changes"):
+        _fit_latency(from_config("yolov8n.yaml"), 50.0, 100.0, 64, PruneSettings(), lambda net, f: tried.append(f))
+    assert tried == pytest.approx([0.5 * 0.98**k for k in range(24)])  # 2% deeper each time, up to 4 x 6 prunes
+
+
 def test_a_target_past_what_max_ratio_allows_is_timed_at_the_deepest_cut(monkeypatch):
     """The table may call a target too deep when the runtime is faster than it was timed: the search then times the
     deepest cut ``max_ratio`` allows (here 0.6 of the table, measured at 0.55 of the unpruned) and keeps it when it

@@ -22,9 +22,9 @@ SWEEP_BY = ("macs", "latency")  # what a sweep's targets are fractions of: MACs 
 def default_cost(importance: Any, latency_target: bool, global_ranking: bool | None = None) -> str:
     """What a ranking charges a channel when not told: the milliseconds it saves for a latency target ranked by
     scores that compare across layers (``COMPARABLE``) and not every layer alike (``global_ranking`` False), else
-    its MACs. Per millisecond, scores that do not compare
-    (l2 normalised per layer) would rank layers by their milliseconds alone and empty the costliest ones: a converged
-    yolov8s lost all its mAP at 75% MACs that way (0.005 mAP50-95; 0.653 with every layer losing the same share)."""
+    its MACs. Per millisecond, scores that do not compare (l2 normalised per layer) would rank layers by their
+    milliseconds alone and empty the costliest ones: a converged yolov8s lost all its mAP at 75% MACs that way
+    (0.005 mAP50-95; 0.653 with every layer losing the same share)."""
     comparable = isinstance(importance, str) and importance in COMPARABLE
     return "latency" if latency_target and comparable and global_ranking is not False else "macs"
 

@@ -265,6 +265,8 @@ def _fit_latency(
     fits = [t for t in timed if t[1] <= target]
     if not fits and refused is not None and len(timed) == 1:  # no copy was timed: the settings allow no such cut
         raise refused
+    if not fits and len(timed) == 1:  # every cut tried left the model as it was
+        raise PruneError(f"cannot reach {target:.1f} ms: no cut these settings allow changes the model")
     if not fits:
         raise PruneError(
             f"cannot reach {target:.1f} ms: the fastest copy these settings allow measured "
