@@ -119,6 +119,14 @@ def test_latency_cost_prunes_where_the_milliseconds_are():
     assert widths == {"macs": 40, "latency": 16}  # l2 per MAC: every layer loses the same share
 
 
+def test_a_note_every_step_repeats_is_kept_once():
+    net = randomize(from_config("yolov8n.yaml"))
+    budget = LatencyBudget(lambda g: LatencyModel(g, slow_at_full_resolution))
+    report = run_prune(net, X, PruneSettings(target_macs=0.6, cost="latency", steps=2), latency=budget)
+    assert report.macs_ratio == pytest.approx(0.6, abs=0.02)
+    assert sum("ranks layers by their milliseconds alone" in n for n in report.notes) == 1  # l2 per ms, both steps
+
+
 def test_a_latency_goal_is_met_in_predicted_milliseconds():
     net = randomize(from_config("yolov8n.yaml"))
     budget = LatencyBudget(lambda g: LatencyModel(g, slow_at_full_resolution), fraction=0.5)

@@ -280,8 +280,9 @@ def _apply(
 
 
 def _accumulate(totals: dict[str, Any], removal: Removal, selection: Selection, notes: list[str]) -> None:
-    """Fold one step into the running totals (the plan composed in the original numbering)."""
-    totals["notes"].extend(notes)
+    """Fold one step into the running totals (the plan composed in the original numbering); a note every step
+    repeats is kept once."""
+    totals["notes"].extend(n for n in notes if n not in totals["notes"])
     totals["channels"] += int(selection.removed.sum())
     totals["groups"] = max(totals["groups"], sum(1 for k in selection.counts.values() if k > 0))
     if totals["removed"]:
