@@ -19,6 +19,11 @@ COSTS = ("macs", "latency")  # what a global ranking charges a channel: the MACs
 SWEEP_BY = ("macs", "latency")  # what a sweep's targets are fractions of: MACs or the measured latency
 
 
+def resolve_importance(importance: Any, calibrated: bool) -> Any:
+    """What an importance means: "auto" is "recon" with calibration images and "l2" without; anything else itself."""
+    return (AUTO_CRITERIA[0] if calibrated else AUTO_CRITERIA[1]) if importance == "auto" else importance
+
+
 def default_cost(importance: Any, latency_target: bool, global_ranking: bool | None = None) -> str:
     """What a ranking charges a channel when not told: the milliseconds it saves for a latency target ranked by
     scores that compare across layers (``COMPARABLE``) and not every layer alike (``global_ranking`` False), else

@@ -17,7 +17,7 @@ from torch import nn
 from yoloprune.graph import Graph
 from yoloprune.graph.records import Member
 from yoloprune.graph.surgery import _tensor
-from yoloprune.options import AGGREGATES, AUTO_CRITERIA, CRITERIA
+from yoloprune.options import AGGREGATES, CRITERIA, resolve_importance
 
 LossFn = Callable[[nn.Module], torch.Tensor]
 
@@ -48,8 +48,7 @@ def channel_scores(
         raise ValueError(f"unknown importance {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-    if criterion == "auto":
-        criterion = AUTO_CRITERIA[0] if calib_batches else AUTO_CRITERIA[1]
+    criterion = resolve_importance(criterion, bool(calib_batches))
     if criterion == "random":
         return np.random.default_rng(seed).random(graph.num_comps)
     if criterion in ("bn", "recon"):

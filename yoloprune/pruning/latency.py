@@ -229,8 +229,13 @@ def next_fraction(timed: list[tuple[float, float]], target: float, aim: float = 
         fraction = proportional
     # never more than halve the deepest cut tried: extrapolation is a guess
     fraction = min(max(fraction, 0.5 * deepest[0], 0.01), 1.0)
-    while any(abs(fraction - f) < 1e-4 for f, _ in timed):
-        fraction *= 0.98
+    return untried(fraction, [f for f, _ in timed])
+
+
+def untried(fraction: float, shares: list[float], step: float = 0.98) -> float:
+    """``fraction`` stepped by ``step`` (2% deeper by default) until it is none of ``shares``."""
+    while any(abs(fraction - f) < 1e-4 for f in shares):
+        fraction *= step
     return float(fraction)
 
 
@@ -245,4 +250,5 @@ __all__ = [
     "channel_block",
     "grid_widths",
     "next_fraction",
+    "untried",
 ]

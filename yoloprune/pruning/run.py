@@ -22,7 +22,7 @@ from yoloprune.graph.plan import compose
 from yoloprune.graph.registry import Policy
 from yoloprune.graph.smoke import smoke_test
 from yoloprune.graph.surgery import PruneError, Removal, Snapshot, remove_channels
-from yoloprune.options import AUTO_CRITERIA, COMPARABLE, default_cost
+from yoloprune.options import COMPARABLE, default_cost, resolve_importance
 from yoloprune.pruning.importance import channel_scores, check_scores
 from yoloprune.pruning.latency import LatencyBudget
 from yoloprune.pruning.select import Goal, Selection, choose, goal_for_step
@@ -141,7 +141,7 @@ def _prune(
     then ``after_step``; then the report."""
     start = time.perf_counter()
     if s.importance == "auto":  # recorded as what it meant
-        s = replace(s, importance=AUTO_CRITERIA[0] if calib_batches else AUTO_CRITERIA[1])
+        s = replace(s, importance=resolve_importance(s.importance, bool(calib_batches)))
     if s.cost is None:  # recorded as what it meant
         s = replace(s, cost=default_cost(s.importance, s.target_latency_ms is not None, s.global_ranking))
     if s.global_ranking is None:  # scores that compare across layers rank globally, per MAC

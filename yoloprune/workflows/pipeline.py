@@ -21,7 +21,7 @@ from yoloprune.adapters import Loaded, resolve
 from yoloprune.graph.plan import FORMAT
 from yoloprune.graph.registry import Policy
 from yoloprune.graph.surgery import PruneError
-from yoloprune.pruning.latency import LatencyBudget, LatencyModel, next_fraction
+from yoloprune.pruning.latency import LatencyBudget, LatencyModel, next_fraction, untried
 from yoloprune.pruning.run import PruneReport
 from yoloprune.pruning.select import UnreachableTarget
 from yoloprune.pruning.settings import PruneSettings
@@ -232,7 +232,7 @@ def _fit_latency(
         if unpruned_ms <= target:
             raise PruneError(f"the model already runs in {unpruned_ms:.1f} ms <= {target:.1f} ms; nothing to prune")
         timed = [(1.0, unpruned_ms)]
-        seen[tuple(tuple(p.shape) for p in unpruned.parameters())] = unpruned_ms
+        seen[_shapes(unpruned)] = unpruned_ms
         fraction = target / unpruned_ms
         for _ in range(4 * tries):  # a copy shaped like one timed before costs a prune, not a timing
             if len(timed) > tries:
@@ -248,7 +248,7 @@ def _fit_latency(
                 fraction = deepest.reached
                 continue
             net = resolve(probe, settings.family, settings.prune_head).module
-            shape = tuple(tuple(p.shape) for p in net.parameters())
+            shape = _shapes(net)
             if shape in seen:  # a cut moving in steps (uniform, round_to) gave a copy timed already: step past it
                 past = _step_past(fraction, seen[shape], target, tried, timed)
                 if past is None:
@@ -285,12 +285,13 @@ def _step_past(
     over = [f for f, m in timed if m > target]
     if under and over and max(under) < fraction < min(over):
         return None
-    step = 0.98 if ms > target else 1 / 0.98
-    while any(abs(fraction - f) < 1e-4 for f in tried):
-        fraction *= step
-        if fraction > 1.0:
-            return None
-    return fraction
+    fraction = untried(fraction, tried, 0.98 if ms > target else 1 / 0.98)
+    return None if fraction > 1.0 else fraction
+
+
+def _shapes(net: nn.Module) -> tuple[tuple[int, ...], ...]:
+    """Every parameter's shape: two copies alike in it compute alike, whichever channels they kept."""
+    return tuple(tuple(p.shape) for p in net.parameters())
 
 
 def _calibration_batches(

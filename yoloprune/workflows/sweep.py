@@ -126,7 +126,7 @@ def sweep(
     latency with ``calib``: ``options.default_cost``); ``threads`` (default: every core this process may use) times
     it and every point."""
     from yoloprune.adapters import load_model, save_model
-    from yoloprune.options import AUTO_CRITERIA, default_cost, default_threads
+    from yoloprune.options import default_cost, default_threads, resolve_importance
     from yoloprune.pruning.settings import PruneSettings
     from yoloprune.train.recover import check_overrides
     from yoloprune.workflows.pipeline import default_teacher, measure, prune_to_file, recover
@@ -140,7 +140,7 @@ def sweep(
         raise ValueError(f"sweep targets are {by} fractions in (0, 1)")
     check_numbers(kd_weight=kd_weight)
     threads = default_threads() if threads is None else threads
-    criterion = AUTO_CRITERIA[0 if calib is not None else 1] if importance == "auto" else importance
+    criterion = resolve_importance(importance, calib is not None)
     ranked_by = cost or default_cost(criterion, by == "latency", global_ranking)
     settings = PruneSettings(
         importance=importance,
