@@ -65,7 +65,9 @@ def test_key_value_settings_work_as_in_yolo_train(monkeypatch, tmp_path, capsys)
         return FinetuneResult(tmp_path / "b.pt", tmp_path / "l.pt", 1, 0.0, 0.0, 1, {})
 
     monkeypatch.setattr(yoloprune.train, "finetune", fake_finetune)
-    argv = ["finetune", "m.pt", "--data", "d.yaml", "-o", str(tmp_path / "o"), "epochs=3", "imgsz=96", "mosaic=0"]
+    (tmp_path / "m.pt").write_bytes(b"")  # a model file must exist; the fake trainer never reads it
+    argv = ["finetune", str(tmp_path / "m.pt"), "--data", "d.yaml", "-o", str(tmp_path / "o"), "epochs=3", "imgsz=96"]
+    argv.append("mosaic=0")
     assert main([*argv, "--batch", "4", "optimizer=SGD", "device=0"]) == 0
     assert (seen["epochs"], seen["imgsz"], seen["batch"], seen["device"]) == (3, 96, 4, "0")
     assert seen["mosaic"] == 0 and seen["optimizer"] == "SGD" and "train_set" not in seen

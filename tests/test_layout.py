@@ -152,6 +152,41 @@ def test_importing_yoloprune_or_its_cli_loads_no_torch():
         assert "torch" not in loaded and not {m for m in loaded if m.split(".")[0] in HEAVY}, (module, loaded)
 
 
+RUN_CLI = """
+import json, sys
+from yoloprune.cli import main
+code = main(json.loads(sys.argv[1]))
+print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', *HEAVY))]))
+""".replace("HEAVY", repr(HEAVY))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["prune", "yolov8n.yaml", "-o", "{tmp}/out.pt", "--ratio", "2"], "ratio must be in (0, 1), got 2.0"),
+        (["prune", "yolov8n.yaml", "-o", "{tmp}/taken.pt"], "taken.pt exists; pass --overwrite"),
+        (["export", "yolov8n.yaml", "-o", "{tmp}/taken.pt"], "taken.pt exists; pass --overwrite"),
+        (["prune", "{tmp}/missing.pt", "-o", "{tmp}/out.pt"], "no such model: {tmp}/missing.pt"),
+        (["bench", "{tmp}/missing.onnx"], "no such model: {tmp}/missing.onnx"),
+        (["finetune", "--data", "d.yaml", "-o", "{tmp}/ft"], "give MODEL (or --resume"),
+        (["finetune", "m.yaml", "--data", "d.yaml", "-o", "{tmp}/ft", "epochs=2.5"], "epochs=2.5: epochs takes int"),
+        (["sweep", "m.yaml", "--data", "d.yaml", "-o", "{tmp}/sw", "--targets", "0.5,2"], "--targets: 2 is outside"),
+        (["sensitivity", "m.yaml", "--data", "d.yaml", "-o", "{tmp}/s", "--ratios", "1"], "a unit cannot lose all"),
+    ],
+)
+def test_bad_settings_and_paths_are_refused_before_torch_loads(tmp_path, argv, message):
+    (tmp_path / "taken.pt").write_bytes(b"mine")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_CLI, json.dumps(argv)], capture_output=True, text=True, timeout=300
+    )
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (code, loaded) == (2, []), done.stderr
+    assert message.replace("{tmp}", str(tmp_path)) in done.stderr
+    assert (tmp_path / "taken.pt").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.pt"]
+
+
 def test_every_family_implements_the_adapter_interface():
     from yoloprune.adapters import FAMILIES, GENERIC, Adapter, adapter
 

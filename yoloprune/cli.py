@@ -17,15 +17,19 @@ from typing import NoReturn
 from yoloprune import __version__
 from yoloprune.options import AGGREGATES, COSTS, CRITERIA, SWEEP_BY, default_threads
 
+BASIC_ERRORS = (FileNotFoundError, ValueError, TypeError)
+"""Bad input that Python itself names: told apart without importing anything."""
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean bad input: printed as one line with exit status 2 (imported only once a command
-    runs, so ``--help`` and usage errors answer without loading torch)."""
+    """yoloprune's own exceptions that mean bad input: printed as one line with exit status 2 like ``BASIC_ERRORS``
+    (imported only for an error of another type, so ``--help``, usage errors and bad settings answer without loading
+    torch)."""
     from yoloprune.data.datasets import DatasetError
     from yoloprune.export.onnx import ExportError
     from yoloprune.graph import PruneError, TraceError
 
-    return (FileNotFoundError, ValueError, TypeError, TraceError, PruneError, ExportError, DatasetError)
+    return (TraceError, PruneError, ExportError, DatasetError)
 
 
 def _human(n: float) -> str:
@@ -36,10 +40,8 @@ def _human(n: float) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from yoloprune.adapters import load_model
     from yoloprune.io import check_output
     from yoloprune.pruning.settings import PruneSettings
-    from yoloprune.workflows.pipeline import prune_to_file, summary
 
     out = check_output(args.output, [args.model], args.overwrite)
     if (args.importance == "taylor" or args.finetune_epochs) and not args.data:
@@ -73,6 +75,9 @@ def _prune(args: argparse.Namespace) -> int:
         prune_head=args.prune_head,
         family=args.family,
     )
+    from yoloprune.adapters import load_model
+    from yoloprune.workflows.pipeline import prune_to_file, summary
+
     loaded = load_model(args.model, args.family)
     settings.family = loaded.family
     taylor_loss, between = None, None
@@ -153,13 +158,14 @@ def _between_steps(loaded, args: argparse.Namespace, folder: Path):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from yoloprune.adapters import load_model
-    from yoloprune.export.onnx import check_opset, export_onnx
     from yoloprune.io import check_output
 
     out = check_output(args.output, [args.model], args.overwrite)
     if args.int8 and not args.calib:
         raise ValueError("--int8 needs --calib DIR (a folder of representative images)")
+    from yoloprune.adapters import load_model
+    from yoloprune.export.onnx import check_opset, export_onnx
+
     check_opset(args.opset, args.int8)
     loaded = load_model(args.model, args.family)
     pruning = loaded.meta.get("pruning")
@@ -195,7 +201,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from yoloprune.io import folder_lock
-    from yoloprune.train import finetune
 
     if not args.resume and args.model is None:
         raise ValueError("give MODEL (or --resume to continue the run in -o)")
@@ -205,6 +210,8 @@ def _finetune(args: argparse.Namespace) -> int:
         if isinstance(value, bool) or not isinstance(value, FLAGGED[key]):
             raise ValueError(f"{key}={value}: {key} takes {' or '.join(t.__name__ for t in FLAGGED[key])}")
         setattr(args, key, str(value) if key == "device" else value)
+    from yoloprune.train import finetune
+
     with folder_lock(args.output):
         result = finetune(
             args.model,
@@ -320,11 +327,12 @@ def _run(args: argparse.Namespace) -> int:
 def _sensitivity(args: argparse.Namespace) -> int:
     from yoloprune.io import folder_lock
     from yoloprune.options import parse_fractions
-    from yoloprune.workflows.sensitivity import OUTPUTS, analyse, write_ratios
 
     ratios = tuple(parse_fractions(args.ratios, "--ratios"))
     if 1.0 in ratios:
         raise ValueError("--ratios are fractions in (0, 1): a unit cannot lose all its channels")
+    from yoloprune.workflows.sensitivity import OUTPUTS, analyse, write_ratios
+
     with folder_lock(args.output):
         if any((Path(args.output) / name).exists() for name in OUTPUTS) and not args.overwrite:
             raise ValueError(f"{args.output} holds a sensitivity analysis; pass --overwrite to replace it")
@@ -741,12 +749,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _failed(args, "error: an input is nested too deeply to process")
         return 2
     except Exception as exc:
-        if not isinstance(exc, user_errors()):
+        if not isinstance(exc, BASIC_ERRORS) and not isinstance(exc, user_errors()):
             raise
         _failed(args, f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
         return 2
 
 
+MODEL_FILES = (".pt", ".pth", ".onnx")
+"""Model arguments that can only be files (configs and zoo names may be resolved elsewhere)."""
 OVERRIDES = {"finetune": "train_set", "sweep": "train_set", "run": "set"}
 """Commands that take ultralytics-style ``key=value`` words after their arguments, and the option they extend."""
 FLAGGED = {
@@ -776,11 +786,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from yoloprune.io import trusting
     from yoloprune.options import SETTINGS, check_numbers
 
+    check_numbers(**{name: value for name, value in vars(args).items() if name in SETTINGS})
+    model = getattr(args, "model", None)
+    if model and Path(model).suffix in MODEL_FILES and not Path(model).exists():
+        raise FileNotFoundError(f"no such model: {model}")  # told before torch loads; the loaders say it too
     if getattr(args, "repo", None):
         from yoloprune.adapters.packages import use_repo
 
         use_repo(args.repo)
-    check_numbers(**{name: value for name, value in vars(args).items() if name in SETTINGS})
     with trusting(getattr(args, "trust", False)):
         return args.func(args)
 

@@ -16,8 +16,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-import torch
-
 _TRUST: ContextVar[bool] = ContextVar("yoloprune_trust", default=False)
 log = logging.getLogger("yoloprune")
 
@@ -43,6 +41,8 @@ def trusted() -> bool:
 
 def checkpoint_globals(path: str | Path) -> list[str]:
     """Every class or function a checkpoint's pickle names beyond torch's own safe set, read without loading."""
+    import torch
+
     try:
         return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
@@ -81,6 +81,8 @@ def load_checkpoint(
     try:
         if trust:
             log.warning("yoloprune: loading %s with full unpickling (--trust): it can run any code it names", path)
+            import torch
+
             extra = {"pickle_module": pickle_module} if pickle_module is not None else {}
             return torch.load(path, map_location="cpu", weights_only=False, **extra)
         return torch_load(path, Policy(remap, extra_roots=packages))
@@ -161,6 +163,8 @@ def _publish_new(tmp: str, path: Path) -> None:
 
 def save_atomic(obj: Any, path: str | Path, overwrite: bool = False) -> Path:
     """``torch.save`` through ``write_atomic``."""
+    import torch
+
     return write_atomic(path, lambda f: torch.save(obj, f), overwrite)
 
 
