@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from yoloprune.adapters import GENERIC, Adapter, adapter, resolve
+from yoloprune.export.split_convs import split_convs as give_parts_own_convs
 from yoloprune.graph.nest import tensors_in
 from yoloprune.images import Preprocess, check_imgsz, list_images, load_batch, sample_image
 from yoloprune.io import write_atomic
@@ -80,6 +81,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dynamic: bool = False,
     simplify: bool = True,
+    split_convs: bool = True,
     half: bool = False,
     nms: bool = False,
     end2end: bool = False,
@@ -91,7 +93,8 @@ def export_onnx(
     overwrite: bool = False,
 ) -> ExportResult:
     """Export ``model`` to ONNX at ``out`` in its family's export mode and verify it (``end2end``: the NMS-free
-    one-to-one head of YOLO26/YOLOv10; ``nms``: NMS in the graph).
+    one-to-one head of YOLO26/YOLOv10; ``nms``: NMS in the graph; ``split_convs``: each part of a channel split gets
+    its own convolution, which onnxruntime's CPU provider runs 2-4% faster, see ``yoloprune.export.split_convs``).
 
     onnxruntime's outputs on ``image`` (default: ultralytics' ``bus.jpg``, letterboxed the family's way) must match
     PyTorch's within ``tolerance`` (relative to the largest output value; default 1e-3, 1e-2 with ``half``); otherwise
@@ -119,6 +122,8 @@ def export_onnx(
     names = [f"output{i}" for i in range(len(reference))]
     axes = _dynamic_axes(export_net, x, names) if dynamic else None
     proto = onnx.load_from_string(_to_onnx(export_net, x, opset, axes, simplify, names))
+    if split_convs:
+        give_parts_own_convs(proto)
     notes = []
     from yoloprune.graph.counting import count_macs, count_params
 

@@ -43,7 +43,7 @@ SCHEMA: dict[str, Any] = {
         "images": (str, type(None)),
         "overrides": dict,
     },
-    "export": {"opset": int, "half": bool, "dynamic": bool, "simplify": bool, "nms": bool},
+    "export": {"opset": int, "half": bool, "dynamic": bool, "simplify": bool, "split_convs": bool, "nms": bool},
     "bench": {"threads": int, "runs": int},
     "expected": dict,
 }
@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
         "images": None,
         "overrides": {},
     },
-    "export": {"opset": 17, "half": False, "dynamic": False, "simplify": True, "nms": False},
+    "export": {"opset": 17, "half": False, "dynamic": False, "simplify": True, "split_convs": True, "nms": False},
     "bench": {"threads": 1, "runs": 50},
     "expected": {},
 }
@@ -235,6 +235,7 @@ def run(
         opset=e["opset"],
         dynamic=e["dynamic"],
         simplify=e["simplify"],
+        split_convs=e["split_convs"],
         half=e["half"],
         nms=e["nms"],
         family=final.family,
