@@ -69,6 +69,18 @@ def test_sweep_writes_every_point_and_resumes(setup, tmp_path, monkeypatch, caps
     Path(results[1]["onnx"]).unlink()  # a point's file gone: the points keep the timings they were recorded with
     assert main(argv) == 0 and calls == ["pruned-0.400.pt"]
     assert "p50 of 2 runs as each point finished. Targets" in (out / "report.md").read_text()
+    capsys.readouterr()
+    for name, text, problem in [
+        ("1.000.json", '{"target": 1.0}', "missing 8 required positional arguments"),
+        ("0.700.json", json.dumps({**json.loads(unpruned), "map50": "high"}), "a field that should be a number"),
+        ("0.700.json", "{", "Expecting property name"),
+    ]:
+        kept = (out / "points" / name).read_text()
+        (out / "points" / name).write_text(text)
+        assert main(argv) == 2 and calls == ["pruned-0.400.pt"]
+        err = capsys.readouterr().err
+        assert f"{out / 'points' / name} is not a sweep point (" in err and problem in err, err
+        (out / "points" / name).write_text(kept)
 
 
 def test_sweep_with_finetuning(setup, tmp_path):

@@ -44,6 +44,19 @@ class Point:
     seconds: float
 
 
+def read_point(path: Path) -> Point:
+    """A point record this sweep wrote; anything else (a damaged or hand-edited file) is refused by name."""
+    try:
+        point = Point(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a sweep point ({problem}); delete it to compute the point again") from None
+    numbers = (point.target, point.macs, point.params, point.map50_95, point.map50, point.latency_p50_ms)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+        raise ValueError(f"{path} is not a sweep point (a field that should be a number is not); delete it")
+    return point
+
+
 def progress(items: Iterable[Any], desc: str) -> Iterator[Any]:
     """tqdm when it is installed, a line per item otherwise."""
     try:
@@ -182,7 +195,7 @@ def sweep(
         record = points_dir / f"{target:.3f}.json"
         if record.is_file():
             if target == 1.0:
-                unpruned_ms = float(json.loads(record.read_text())["latency_p50_ms"])
+                unpruned_ms = read_point(record).latency_p50_ms
             continue
         start = time.perf_counter()
         if target == 1.0:
@@ -229,7 +242,7 @@ def sweep(
         if target == 1.0:
             unpruned_ms = m.latency_ms
         write_atomic(record, lambda f, p=point: f.write(json.dumps(asdict(p), indent=1).encode()))
-    points = [Point(**json.loads(p.read_text())) for p in sorted(points_dir.glob("*.json"))]
+    points = [read_point(p) for p in sorted(points_dir.glob("*.json"))]
     points.sort(key=lambda p: -p.target)
     how = f"p50 of {runs} runs as each point finished"
     if len(points) > 1 and all(Path(p.onnx).is_file() for p in points):
