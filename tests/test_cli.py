@@ -80,6 +80,19 @@ def test_key_value_settings_work_as_in_yolo_train(monkeypatch, tmp_path, capsys)
     assert "unrecognized arguments: epochs=3" in capsys.readouterr().err
 
 
+def test_resume_needs_no_model_file(monkeypatch, tmp_path):
+    """``--resume`` continues the run in -o: the MODEL it started from may have moved since."""
+    import yoloprune.train
+    from yoloprune.train.recover import FinetuneResult
+
+    seen = []
+    result = FinetuneResult(tmp_path / "b.pt", tmp_path / "l.pt", 1, 0.0, 0.0, 1, {})
+    monkeypatch.setattr(yoloprune.train, "finetune", lambda model, data, **k: seen.append(k["resume"]) or result)
+    argv = ["finetune", str(tmp_path / "moved.pt"), "--data", "d.yaml", "-o", str(tmp_path / "o")]
+    assert main([*argv, "--resume"]) == 0 and seen == [True]
+    assert main(argv) == 2 and seen == [True]
+
+
 def test_run_takes_key_value_overrides_as_set():
     from yoloprune.cli import _take_overrides, build_parser
 

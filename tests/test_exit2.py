@@ -135,7 +135,10 @@ CASES = {
         ["prune", "yolov8n.yaml", "--imgsz", "64", "-o", "/sys/o.pt"],
         "cannot write /sys/o.pt: /sys is not a writable folder",
     ),
-    "bench --threads 0": (["bench", "{root}/good.pt", "--imgsz", "64", "--threads", "0"], "threads must be at least 1"),
+    "bench --threads 0": (
+        ["bench", "{root}/good.pt", "--imgsz", "64", "--threads", "0"],
+        "argument --threads: must be at least 1, got 0",
+    ),
     "export --opset 7": (
         ["export", "{root}/good.pt", "--imgsz", "64", "--opset", "7", "-o", "{out}.onnx"],
         "--opset 7 is not supported: choose 11..20",
@@ -198,7 +201,7 @@ CASES = {
     ),
     "eval --batch 0": (
         ["eval", "{root}/good.pt", "--data", "{data}", "--imgsz", "64", "--batch", "0"],
-        "batch must be at least 1, got 0",
+        "argument --batch: must be at least 1, got 0",
     ),
     "recipe with two amounts": (
         ["run", "{root}/both.yaml", "-o", "{out}"],

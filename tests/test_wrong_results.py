@@ -219,7 +219,8 @@ def test_bad_coco_files_fail_naming_the_file(dataset, tmp_path, capsys, damage, 
 def test_max_images_below_one_is_refused(dataset, capsys, count):
     argv = ["eval", "yolov8n.yaml", "--data", str(dataset / "data.yaml"), "--imgsz", "64", "--max-images", count]
     assert main(argv) == 2
-    assert _err(capsys) == f"yoloprune eval: error: max_images must be at least 1, got {count}"
+    expected = f"yoloprune eval: error: argument --max-images: must be at least 1, got {count} (see yoloprune eval"
+    assert _err(capsys) == f"{expected} --help)"
 
 
 # --- non-finite and out-of-range numbers ------------------------------------------------------------------------

@@ -439,6 +439,21 @@ def _imgsz(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--imgsz ")) from None
 
 
+def _count(low: int):
+    """An integer flag of at least ``low`` (runs, threads, a batch size), checked while parsing."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line (and exit status 2), like every other error."""
 
@@ -530,10 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     _ranking_options(p)
     p.add_argument("--aggregate", default="mean", choices=AGGREGATES, help="combine a group's layers (mean)")
     p.add_argument("--max-ratio", type=float, default=0.8, help="most any group may lose with --global (0.8)")
-    p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8; 1 disables)")
-    p.add_argument("--steps", type=int, default=1, help="reach the target in this many steps (1)")
+    p.add_argument("--round-to", type=_count(1), default=8, help="keep pruned widths multiples of N (8; 1 disables)")
+    p.add_argument("--steps", type=_count(1), default=1, help="reach the target in this many steps (1)")
     p.add_argument(
-        "--threads", type=int, default=None, help="onnxruntime threads for latency (default: every core here)"
+        "--threads", type=_count(1), default=None, help="onnxruntime threads for latency (default: every core here)"
     )
     p.add_argument(
         "--unpruned-ms",
@@ -549,9 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="unlabelled images: refit the layers that lost inputs to reproduce the original's outputs",
     )
-    p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images to use (64)")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune between --steps (0)")
-    p.add_argument("--batch", type=int, default=16, help="batch size for fine-tuning between steps (16)")
+    p.add_argument("--calib-images", type=_count(1), default=64, metavar="N", help="calibration images to use (64)")
+    p.add_argument("--finetune-epochs", type=_count(0), default=0, help="fine-tune between --steps (0)")
+    p.add_argument("--batch", type=_count(1), default=16, help="batch size for fine-tuning between steps (16)")
     p.add_argument("--max-drop", type=float, help="stop the steps when mAP50-95 drops more than this")
     p.add_argument("--seed", type=int, default=0, help="seed for random importance")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="input size for tracing and MACs (640)")
@@ -595,10 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint, config or .onnx file")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="input size (640)")
     p.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads for both runtimes (default: every core here)"
+        "--threads", type=_count(1), default=None, help="intra-op threads for both runtimes (default: every core here)"
     )
-    p.add_argument("--runs", type=int, default=50, help="timed runs (50)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (10)")
+    p.add_argument("--runs", type=_count(1), default=50, help="timed runs (50)")
+    p.add_argument("--warmup", type=_count(0), default=10, help="untimed warm-up runs (10)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_bench)
 
@@ -622,10 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="bn: BN-L1 (network slimming); group: group lasso",
     )
     p.add_argument("--imgsz", type=_imgsz, default=640, help="training size (640)")
-    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")
     p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
-    p.add_argument("--workers", type=int, default=2, help="dataloader workers (2)")
+    p.add_argument("--workers", type=_count(0), default=2, help="dataloader workers (2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
     p.add_argument("--overwrite", action="store_true", help="start over when -o already holds a run")
     p.add_argument(
@@ -643,11 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint, config or .onnx file")
     p.add_argument("--data", required=True, help="data yaml, COCO annotation JSON, or a dataset folder")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="inference size (640)")
-    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold (0.001)")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU (0.7)")
     p.add_argument("--split", default="val", help="dataset split (val)")
-    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--max-images", type=_count(1), help="evaluate only the first N images")
     p.add_argument(
         "--family", default=None, help="model family when the file cannot tell: ultralytics, yolov5, yolov7, yolox"
     )
@@ -670,18 +685,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="what --targets are fractions of: MACs, or the unpruned point's measured latency (each point then "
         "pruned to a latency target)",
     )
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point this many epochs (0)")
+    p.add_argument("--finetune-epochs", type=_count(0), default=0, help="fine-tune each point this many epochs (0)")
     p.add_argument("--calib", metavar="DIR", help="unlabelled images to calibrate every pruned point on")
-    p.add_argument("--calib-images", type=int, default=64, metavar="N", help="calibration images to use (64)")
+    p.add_argument("--calib-images", type=_count(1), default=64, metavar="N", help="calibration images to use (64)")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation weight when fine-tuning (1.0)")
     _ranking_options(p)
-    p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of N (8)")
+    p.add_argument("--round-to", type=_count(1), default=8, help="keep pruned widths multiples of N (8)")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="size for evaluation, export and latency (640)")
-    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
+    p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
     p.add_argument(
-        "--threads", type=int, default=None, help="onnxruntime threads for latency (default: every core here)"
+        "--threads", type=_count(1), default=None, help="onnxruntime threads for latency (default: every core here)"
     )
-    p.add_argument("--runs", type=int, default=30, help="timed runs per point (30)")
+    p.add_argument("--runs", type=_count(1), default=30, help="timed runs per point (30)")
     p.add_argument("--device", default="cpu", help="device for fine-tuning (cpu)")
     p.add_argument(
         "--train-set",
@@ -709,8 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="stage", choices=("stage", "group"), help="unit of analysis (stage)")
     p.add_argument("--target-macs", type=float, default=0.5, help="MACs fraction to allocate ratios for (0.5)")
     p.add_argument("--imgsz", type=_imgsz, default=640, help="evaluation size (640)")
-    p.add_argument("--batch", type=int, default=16, help="batch size (16)")
-    p.add_argument("--max-images", type=int, help="evaluate on the first N validation images only")
+    p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
+    p.add_argument("--max-images", type=_count(1), help="evaluate on the first N validation images only")
     p.add_argument("--overwrite", action="store_true", help="replace the analysis a previous run left in -o")
     p.set_defaults(func=_sensitivity)
 
@@ -794,8 +809,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from yoloprune.options import SETTINGS, check_numbers
 
     check_numbers(**{name: value for name, value in vars(args).items() if name in SETTINGS})
-    model = getattr(args, "model", None)
-    if model and Path(model).suffix in MODEL_FILES and not Path(model).exists():
+    model = getattr(args, "model", None)  # --resume reads the run in -o, not MODEL
+    if (
+        model
+        and not getattr(args, "resume", False)
+        and Path(model).suffix.lower() in MODEL_FILES
+        and not Path(model).exists()
+    ):
         raise FileNotFoundError(f"no such model: {model}")  # told before torch loads; the loaders say it too
     if getattr(args, "repo", None):
         from yoloprune.adapters.packages import use_repo

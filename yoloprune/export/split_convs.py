@@ -47,19 +47,47 @@ def _sizes(split: onnx.NodeProto, channels: int, constants: dict[str, np.ndarray
     return sizes if fits else None
 
 
+def _names(graph: onnx.GraphProto) -> Iterator[str]:
+    """Every name ``graph`` and its subgraphs use: tensors, initializers, inputs, outputs, value infos, nodes."""
+    yield from (t.name for t in graph.initializer)
+    yield from (v.name for v in (*graph.input, *graph.output, *graph.value_info))
+    for node in graph.node:
+        yield from (*node.input, *node.output, node.name)
+        for attribute in node.attribute:
+            for sub in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
+                yield from _names(sub)
+
+
 def split_convs(model: onnx.ModelProto) -> int:
     """Rewrite, in place, every ``Conv [-> SiLU] -> Split(axis=1)`` whose intermediate tensors feed nothing else into
     one ``Conv [-> SiLU]`` per part; return how many splits went. SiLU is the ``x * Sigmoid(x)`` pair the exporters
-    write. Only ungrouped convolutions with constant weights are rewritten; outputs are unchanged to the bit."""
+    write. Only ungrouped convolutions whose weights are initializers (not graph inputs) are rewritten; each part
+    computes the same sums over the same inputs as the whole did (onnxruntime CPU: equal to the bit, measured)."""
     graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    fed = {i.name for i in graph.input}  # an initializer that is also an input can be replaced by the caller
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in fed}
+    constants = dict(weights)  # split sizes may also come from Constant nodes (torch's export before onnxslim)
+    for node in graph.node:
+        value = _attr(node, "value")
+        if node.op_type == "Constant" and value is not None and value.HasField("t"):
+            constants[node.output[0]] = numpy_helper.to_array(value.t)
     producer = {name: node for node in graph.node for name in node.output}
     uses = Counter(_inputs_anywhere(graph))
     uses.update(o.name for o in graph.output)
+    taken = set(_names(graph))
+
+    def fresh(name: str) -> str:
+        unique, n = name, 1
+        while unique in taken:
+            unique, n = f"{name}_{n}", n + 1
+        taken.add(unique)
+        return unique
+
     replaced: dict[int, list[onnx.NodeProto]] = {}  # id(split) -> the nodes that take its place
     dropped: set[int] = set()
+    gone: set[str] = set()  # tensors no node writes any more
     obsolete: set[str] = set()  # constants only the rewritten nodes read
-    new_constants: list[onnx.TensorProto] = []
+    new_weights: list[onnx.TensorProto] = []
     for split in graph.node:
         axis = _attr(split, "axis")
         if split.op_type != "Split" or split.domain not in ("", "ai.onnx") or (axis.i if axis else 0) != 1:
@@ -68,10 +96,11 @@ def split_convs(model: onnx.ModelProto) -> int:
         if found is None:
             continue
         conv, activation = found
-        weight = constants.get(conv.input[1])
-        bias = constants.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        has_bias = len(conv.input) > 2 and bool(conv.input[2])
+        weight = weights.get(conv.input[1])
+        bias = weights.get(conv.input[2]) if has_bias else None
         group = _attr(conv, "group")
-        if weight is None or (len(conv.input) > 2 and conv.input[2] and bias is None) or (group and group.i != 1):
+        if weight is None or (has_bias and bias is None) or (group and group.i != 1):
             continue
         sizes = _sizes(split, weight.shape[0], constants)
         if sizes is None:
@@ -80,20 +109,22 @@ def split_convs(model: onnx.ModelProto) -> int:
         for k, (size, out) in enumerate(zip(sizes, split.output)):
             part = slice(start, start + size)
             start += size
-            inputs = [conv.input[0], f"{out}/weight"]
-            new_constants.append(numpy_helper.from_array(np.ascontiguousarray(weight[part]), inputs[1]))
+            inputs = [conv.input[0], fresh(f"{out}/weight")]
+            new_weights.append(numpy_helper.from_array(np.ascontiguousarray(weight[part]), inputs[1]))
             if bias is not None:
-                inputs.append(f"{out}/bias")
-                new_constants.append(numpy_helper.from_array(np.ascontiguousarray(bias[part]), inputs[2]))
-            y = out if not activation else f"{out}/conv"
-            nodes.append(helper.make_node("Conv", inputs, [y], name=f"{conv.name or out}/part{k}"))
+                inputs.append(fresh(f"{out}/bias"))
+                new_weights.append(numpy_helper.from_array(np.ascontiguousarray(bias[part]), inputs[2]))
+            y = fresh(f"{out}/conv") if activation else out
+            nodes.append(helper.make_node("Conv", inputs, [y], name=fresh(f"{conv.name or out}/part{k}")))
             nodes[-1].attribute.extend(conv.attribute)
             if activation:
-                nodes.append(helper.make_node("Sigmoid", [y], [f"{out}/sigmoid"], name=f"{out}/sigmoid"))
-                nodes.append(helper.make_node("Mul", [y, f"{out}/sigmoid"], [out], name=f"{out}/mul"))
+                s = fresh(f"{out}/sigmoid")
+                nodes.append(helper.make_node("Sigmoid", [y], [s], name=fresh(f"{out}/sigmoid")))
+                nodes.append(helper.make_node("Mul", [y, s], [out], name=fresh(f"{out}/mul")))
         replaced[id(split)] = nodes
         dropped.update(id(n) for n in (conv, *activation))
-        obsolete.update(conv.input[1:], split.input[1:])
+        gone.update(name for n in (conv, *activation) for name in n.output)
+        obsolete.update(name for name in (*conv.input[1:], *split.input[1:]) if name and name not in fed)
     if not replaced:
         return 0
     kept = []
@@ -104,11 +135,15 @@ def split_convs(model: onnx.ModelProto) -> int:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(new_constants)
+    graph.initializer.extend(new_weights)
     still_used = {*_inputs_anywhere(graph), *(o.name for o in graph.output)}
-    unused = [t for t in graph.initializer if t.name in obsolete and t.name not in still_used]
-    for tensor in unused:
+    unread = obsolete - still_used  # the old weights and sizes, unless something else reads them too
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in unread]:
+        graph.node.remove(node)
+    for tensor in [t for t in graph.initializer if t.name in unread]:
         graph.initializer.remove(tensor)
+    for info in [v for v in graph.value_info if v.name in gone]:
+        graph.value_info.remove(info)
     return len(replaced)
 
 
