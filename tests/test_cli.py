@@ -66,7 +66,16 @@ def test_key_value_settings_work_as_in_yolo_train(monkeypatch, tmp_path, capsys)
 
     monkeypatch.setattr(yoloprune.train, "finetune", fake_finetune)
     (tmp_path / "m.pt").write_bytes(b"")  # a model file must exist; the fake trainer never reads it
-    argv = ["finetune", str(tmp_path / "m.pt"), "--data", "d.yaml", "-o", str(tmp_path / "o"), "epochs=3", "imgsz=96"]
+    argv = [
+        "finetune",
+        str(tmp_path / "m.pt"),
+        "--data",
+        str(tmp_path),
+        "-o",
+        str(tmp_path / "o"),
+        "epochs=3",
+        "imgsz=96",
+    ]
     argv.append("mosaic=0")
     assert main([*argv, "--batch", "4", "optimizer=SGD", "device=0"]) == 0
     assert (seen["epochs"], seen["imgsz"], seen["batch"], seen["device"]) == (3, 96, 4, "0")
@@ -88,7 +97,7 @@ def test_resume_needs_no_model_file(monkeypatch, tmp_path):
     seen = []
     result = FinetuneResult(tmp_path / "b.pt", tmp_path / "l.pt", 1, 0.0, 0.0, 1, {})
     monkeypatch.setattr(yoloprune.train, "finetune", lambda model, data, **k: seen.append(k["resume"]) or result)
-    argv = ["finetune", str(tmp_path / "moved.pt"), "--data", "d.yaml", "-o", str(tmp_path / "o")]
+    argv = ["finetune", str(tmp_path / "moved.pt"), "--data", str(tmp_path), "-o", str(tmp_path / "o")]
     assert main([*argv, "--resume"]) == 0 and seen == [True]
     assert main(argv) == 2 and seen == [True]
 

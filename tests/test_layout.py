@@ -171,14 +171,19 @@ print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in ('to
         (["inspect", "{tmp}/missing.PT"], "no such model: {tmp}/missing.PT"),
         (["bench", "{tmp}/taken.pt", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
         (["eval", "{tmp}/taken.pt", "--data", "d.yaml", "--batch", "0"], "argument --batch: must be at least 1"),
-        (["finetune", "--data", "d.yaml", "-o", "{tmp}/ft"], "give MODEL (or --resume"),
-        (["finetune", "m.yaml", "--data", "d.yaml", "-o", "{tmp}/ft", "epochs=2.5"], "epochs=2.5: epochs takes int"),
-        (["sweep", "m.yaml", "--data", "d.yaml", "-o", "{tmp}/sw", "--targets", "0.5,2"], "--targets: 2 is outside"),
-        (["sensitivity", "m.yaml", "--data", "d.yaml", "-o", "{tmp}/s", "--ratios", "1"], "a unit cannot lose all"),
+        (["finetune", "--data", "{tmp}", "-o", "{tmp}/ft"], "give MODEL (or --resume"),
+        (["finetune", "m.yaml", "--data", "{tmp}", "-o", "{tmp}/ft", "epochs=2.5"], "epochs=2.5: epochs takes int"),
+        (["sweep", "m.yaml", "--data", "{tmp}", "-o", "{tmp}/sw", "--targets", "0.5,2"], "--targets: 2 is outside"),
+        (["sensitivity", "m.yaml", "--data", "{tmp}", "-o", "{tmp}/s", "--ratios", "1"], "a unit cannot lose all"),
+        (["eval", "yolov8n.yaml", "--data", "{tmp}/none.yaml"], "no such dataset: {tmp}/none.yaml"),
+        (["sensitivity", "m.yaml", "--data", "{tmp}", "-o", "{tmp}"], "{tmp} holds a sensitivity analysis; pass"),
+        (["finetune", "{tmp}/taken.pt", "--data", "{tmp}/none", "-o", "{tmp}/ft"], "no such dataset: {tmp}/none"),
     ],
 )
 def test_bad_settings_and_paths_are_refused_before_torch_loads(tmp_path, argv, message):
     (tmp_path / "taken.pt").write_bytes(b"mine")
+    if argv[0] == "sensitivity" and "--ratios" not in argv:  # a folder holding an earlier analysis
+        (tmp_path / "ratios.json").write_text("{}")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     done = subprocess.run(
         [sys.executable, "-c", RUN_CLI, json.dumps(argv)], capture_output=True, text=True, timeout=300
@@ -187,7 +192,7 @@ def test_bad_settings_and_paths_are_refused_before_torch_loads(tmp_path, argv, m
     assert (code, loaded) == (2, []), done.stderr
     assert message.replace("{tmp}", str(tmp_path)) in done.stderr
     assert (tmp_path / "taken.pt").read_bytes() == b"mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.pt"]
+    assert {p.name for p in tmp_path.iterdir()} - {"ratios.json", ".yoloprune.lock"} == {"taken.pt"}
 
 
 def test_every_family_implements_the_adapter_interface():

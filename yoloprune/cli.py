@@ -328,12 +328,11 @@ def _run(args: argparse.Namespace) -> int:
 def _sensitivity(args: argparse.Namespace) -> int:
     from yoloprune.io import folder_lock
     from yoloprune.options import parse_fractions
+    from yoloprune.workflows.sensitivity import OUTPUTS, analyse, write_ratios  # torch only once it runs
 
     ratios = tuple(parse_fractions(args.ratios, "--ratios"))
     if 1.0 in ratios:
         raise ValueError("--ratios are fractions in (0, 1): a unit cannot lose all its channels")
-    from yoloprune.workflows.sensitivity import OUTPUTS, analyse, write_ratios
-
     with folder_lock(args.output):
         if any((Path(args.output) / name).exists() for name in OUTPUTS) and not args.overwrite:
             raise ValueError(f"{args.output} holds a sensitivity analysis; pass --overwrite to replace it")
@@ -817,6 +816,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         and not Path(model).exists()
     ):
         raise FileNotFoundError(f"no such model: {model}")  # told before torch loads; the loaders say it too
+    data = getattr(args, "data", None)  # a data yaml, a COCO JSON or a dataset folder: always a path
+    if data and not Path(data).exists():
+        raise FileNotFoundError(f"no such dataset: {data}")
     if getattr(args, "repo", None):
         from yoloprune.adapters.packages import use_repo
 

@@ -20,7 +20,6 @@ import numpy as np
 
 from yoloprune.io import write_atomic
 from yoloprune.options import check_numbers
-from yoloprune.pruning.select import finish, unit_counts, units
 
 OUTPUTS = ("sensitivity.csv", "sensitivity.json", "sensitivity.png", "ratios.json")
 """What an analysis writes into its folder."""
@@ -59,6 +58,7 @@ def analyse(
     from yoloprune.images import example_input
     from yoloprune.pruning.importance import channel_scores
     from yoloprune.pruning.run import first_layer
+    from yoloprune.pruning.select import finish, unit_counts, units
     from yoloprune.workflows.sweep import progress
 
     out = Path(out)
