@@ -83,13 +83,17 @@ def test_key_value_settings_work_as_in_yolo_train(monkeypatch, tmp_path, capsys)
     capsys.readouterr()
     assert main([*argv, "epochs=many"]) == 2
     assert capsys.readouterr().err.strip() == "yoloprune finetune: error: epochs=many: epochs takes int"
+    assert main([*argv, "workers=-1"]) == 2
+    assert capsys.readouterr().err.strip() == "yoloprune finetune: error: workers=-1: workers must be at least 0"
+    assert main([*argv, "--epochs", "0"]) == 2
+    assert "argument --epochs: must be at least 1, got 0" in capsys.readouterr().err
     assert main([*argv, "stray"]) == 2
     assert "error: unrecognized arguments: stray" in capsys.readouterr().err
     assert main(["prune", "m.pt", "-o", "x.pt", "epochs=3"]) == 2  # prune takes no trainer settings
     assert "unrecognized arguments: epochs=3" in capsys.readouterr().err
 
 
-def test_resume_needs_no_model_file(monkeypatch, tmp_path):
+def test_resume_needs_no_model_file(monkeypatch, tmp_path, capsys):
     """``--resume`` continues the run in -o: the MODEL it started from may have moved since."""
     import yoloprune.train
     from yoloprune.train.recover import FinetuneResult
@@ -100,6 +104,7 @@ def test_resume_needs_no_model_file(monkeypatch, tmp_path):
     argv = ["finetune", str(tmp_path / "moved.pt"), "--data", str(tmp_path), "-o", str(tmp_path / "o")]
     assert main([*argv, "--resume"]) == 0 and seen == [True]
     assert main(argv) == 2 and seen == [True]
+    assert f"no such model: {tmp_path / 'moved.pt'}" in capsys.readouterr().err
 
 
 def test_run_takes_key_value_overrides_as_set():

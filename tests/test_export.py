@@ -89,7 +89,10 @@ def test_half_export_has_fp16_weights(pruned, tmp_path):
     assert kinds == {onnx.TensorProto.FLOAT16} and result.tolerance == 1e-2
 
 
-def test_nms_export_matches_torch_detections(tmp_path):
+def test_nms_export_matches_torch_detections(tmp_path, monkeypatch):
+    rewritten = []
+    real = export_module.give_parts_own_convs
+    monkeypatch.setattr(export_module, "give_parts_own_convs", lambda proto: rewritten.append(real(proto)))
     torch.manual_seed(0)
     model = randomize(from_config("yolov8n.yaml"))
     with torch.no_grad():
@@ -98,6 +101,7 @@ def test_nms_export_matches_torch_detections(tmp_path):
     out = tmp_path / "nms.onnx"
     result = export_onnx(model, out, imgsz=IMGSZ, nms=True)
     assert result.outputs[0][1] == 6 and 0 < result.outputs[0][0] <= 300 and result.max_abs_diff < 1e-3
+    assert rewritten == [8, 8]  # the written file and the pre-NMS network strictly compared with PyTorch
 
 
 def test_end2end_export_of_yolo26_needs_no_nms(tmp_path):

@@ -192,7 +192,8 @@ def test_bad_settings_and_paths_are_refused_before_torch_loads(tmp_path, argv, m
     assert (code, loaded) == (2, []), done.stderr
     assert message.replace("{tmp}", str(tmp_path)) in done.stderr
     assert (tmp_path / "taken.pt").read_bytes() == b"mine"
-    assert {p.name for p in tmp_path.iterdir()} - {"ratios.json", ".yoloprune.lock"} == {"taken.pt"}
+    left = {"taken.pt", "ratios.json", ".yoloprune.lock"} if argv[0] == "sensitivity" else {"taken.pt"}
+    assert {p.name for p in tmp_path.iterdir()} <= left and (tmp_path / "taken.pt").is_file()
 
 
 def test_every_family_implements_the_adapter_interface():

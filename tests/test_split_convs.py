@@ -98,11 +98,25 @@ def test_other_patterns_are_left_alone(kwargs):
     assert model.SerializeToString() == text
 
 
-def test_weights_the_caller_may_feed_are_left_alone():
+@pytest.mark.parametrize(
+    ("name", "kind", "shape"), [("w", TensorProto.FLOAT, [8, 4, 3, 3]), ("sizes", TensorProto.INT64, [2])]
+)
+def test_constants_the_caller_may_feed_are_left_alone(name, kind, shape):
     model = _graph(17)
-    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 4, 3, 3]))
+    model.graph.input.append(helper.make_tensor_value_info(name, kind, shape))
     text = model.SerializeToString()
     assert split_convs(model) == 0 and model.SerializeToString() == text
+
+
+def test_sizes_read_elsewhere_too_are_kept():
+    model = _graph(13, constant_sizes=True)
+    model.graph.node.append(helper.make_node("Identity", ["sizes"], ["sizes_too"]))
+    model.graph.output.append(helper.make_tensor_value_info("sizes_too", TensorProto.INT64, [2]))
+    before = _run(model)
+    assert split_convs(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node].count("Constant") == 1
+    assert all(np.array_equal(a, b) for a, b in zip(before, _run(model)))
 
 
 def test_new_names_never_clash_and_stale_shapes_go():

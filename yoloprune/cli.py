@@ -210,6 +210,8 @@ def _finetune(args: argparse.Namespace) -> int:
         value = settings.pop(key)
         if isinstance(value, bool) or not isinstance(value, FLAGGED[key]):
             raise ValueError(f"{key}={value}: {key} takes {' or '.join(t.__name__ for t in FLAGGED[key])}")
+        if key in AT_LEAST and value < AT_LEAST[key]:
+            raise ValueError(f"{key}={value}: {key} must be at least {AT_LEAST[key]}")
         setattr(args, key, str(value) if key == "device" else value)
     from yoloprune.train import finetune
 
@@ -625,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to distil on (needs --teacher)",
     )
     p.add_argument("-o", "--output", default="runs/finetune", metavar="DIR", help="run folder (runs/finetune)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs (10)")
+    p.add_argument("--epochs", type=_count(AT_LEAST["epochs"]), default=10, help="epochs (10)")
     p.add_argument("--teacher", help="unpruned checkpoint to distil from")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation loss weight (1.0)")
     p.add_argument("--sparsity", type=float, default=0.0, help="sparsity training strength (0: off)")
@@ -636,10 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="bn: BN-L1 (network slimming); group: group lasso",
     )
     p.add_argument("--imgsz", type=_imgsz, default=640, help="training size (640)")
-    p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
+    p.add_argument("--batch", type=_count(AT_LEAST["batch"]), default=16, help="batch size (16)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")
     p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
-    p.add_argument("--workers", type=_count(0), default=2, help="dataloader workers (2)")
+    p.add_argument("--workers", type=_count(AT_LEAST["workers"]), default=2, help="dataloader workers (2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
     p.add_argument("--overwrite", action="store_true", help="start over when -o already holds a run")
     p.add_argument(
@@ -789,6 +791,8 @@ FLAGGED = {
     "workers": (int,),
 }
 """finetune settings that have flags of their own, and the types they take as ``key=value``."""
+AT_LEAST = {"epochs": 1, "batch": 1, "workers": 0}
+"""The least value of finetune's counts, as ``key=value`` words and as flags."""
 ASSIGNMENT = re.compile(r"[A-Za-z_][\w.]*=.*", re.S)
 
 

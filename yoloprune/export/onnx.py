@@ -152,7 +152,7 @@ def export_onnx(
         from yoloprune.export.nms import check_nms
 
         raw = onnx.load_from_string(_to_onnx(raw_net, x, opset, None, simplify))
-        if split_convs:  # the network the written file holds, before its NMS
+        if split_convs:  # as the written file holds it before its NMS (in fp32: --half and --int8 convert after)
             give_parts_own_convs(raw)
         raw = raw.SerializeToString()
         worst_abs, worst_rel = _compare(_outputs(raw_net, x), _run_onnx(raw, x))

@@ -142,7 +142,7 @@ def split_convs(model: onnx.ModelProto) -> int:
         graph.node.remove(node)
     for tensor in [t for t in graph.initializer if t.name in unread]:
         graph.initializer.remove(tensor)
-    for info in [v for v in graph.value_info if v.name in gone]:
+    for info in [v for v in graph.value_info if v.name in gone | unread]:
         graph.value_info.remove(info)
     return len(replaced)
 
