@@ -10,7 +10,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -440,7 +440,7 @@ def _imgsz(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--imgsz ")) from None
 
 
-def _count(low: int):
+def _count(low: int) -> Callable[[str], int]:
     """An integer flag of at least ``low`` (runs, threads, a batch size), checked while parsing."""
 
     def parse(text: str) -> int:
