@@ -426,14 +426,18 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
 def _imgsz(text: str) -> int:
     """A model's ``--imgsz``, checked while parsing: before any model is loaded or tensor allocated."""
     from yoloprune.options import check_imgsz
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    value = _integer(text)
     try:
         return check_imgsz(value)
     except ValueError as exc:
@@ -444,10 +448,7 @@ def _count(low: int) -> Callable[[str], int]:
     """An integer flag of at least ``low`` (runs, threads, a batch size), checked while parsing."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        value = _integer(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value

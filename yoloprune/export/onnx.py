@@ -121,9 +121,7 @@ def export_onnx(
     reference = _outputs(export_net, x)
     names = [f"output{i}" for i in range(len(reference))]
     axes = _dynamic_axes(export_net, x, names) if dynamic else None
-    proto = onnx.load_from_string(_to_onnx(export_net, x, opset, axes, simplify, names))
-    if split_convs:
-        give_parts_own_convs(proto)
+    proto = _to_onnx(export_net, x, opset, axes, simplify, split_convs, names)
     notes = []
     from yoloprune.graph.counting import count_macs, count_params
 
@@ -151,10 +149,7 @@ def export_onnx(
     if nms:  # the network before NMS must match strictly; the NMS result must be a valid NMS of it
         from yoloprune.export.nms import check_nms
 
-        raw = onnx.load_from_string(_to_onnx(raw_net, x, opset, None, simplify))
-        if split_convs:  # as the written file holds it before its NMS (in fp32: --half and --int8 convert after)
-            give_parts_own_convs(raw)
-        raw = raw.SerializeToString()
+        raw = _to_onnx(raw_net, x, opset, None, simplify, split_convs).SerializeToString()  # fp32, as before --half
         worst_abs, worst_rel = _compare(_outputs(raw_net, x), _run_onnx(raw, x))
         problem = check_nms(export_net, x, torch.from_numpy(got[0]).float())
         if problem:
@@ -172,9 +167,16 @@ def export_onnx(
 
 
 def _to_onnx(
-    net: nn.Module, x: torch.Tensor, opset: int, axes: dict | None, simplify: bool, names: list[str] | None = None
-) -> bytes:
-    """ONNX bytes of ``net`` traced on ``x`` (TorchScript exporter), simplified with onnxslim when asked."""
+    net: nn.Module,
+    x: torch.Tensor,
+    opset: int,
+    axes: dict | None,
+    simplify: bool,
+    split_convs: bool,
+    names: list[str] | None = None,
+) -> onnx.ModelProto:
+    """``net`` traced on ``x`` (TorchScript exporter), simplified with onnxslim and with each part of a channel split
+    given its own convolution (``split_convs.split_convs``) when asked."""
     buffer = io.BytesIO()
     net.eval()  # the exporter restores the mode it finds, recursively
     with warnings.catch_warnings():
@@ -190,11 +192,14 @@ def _to_onnx(
             dynamic_axes=axes,
             do_constant_folding=True,
         )
-    if not simplify:
-        return buffer.getvalue()
-    import onnxslim
+    proto = onnx.load_from_string(buffer.getvalue())
+    if simplify:
+        import onnxslim
 
-    return onnxslim.slim(onnx.load_from_string(buffer.getvalue())).SerializeToString()
+        proto = onnxslim.slim(proto)
+    if split_convs:
+        give_parts_own_convs(proto)
+    return proto
 
 
 def _meta_value(value: Any) -> str:

@@ -23,20 +23,29 @@ def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
     return next((a for a in node.attribute if a.name == name), None)
 
 
-def _inputs_anywhere(graph: onnx.GraphProto) -> Iterator[str]:
-    """Every tensor name a node reads, in ``graph`` and in the subgraphs of its nodes (which may read outer names)."""
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph of its nodes, however deep (a subgraph may read its outer graphs' names)."""
+    yield graph
     for node in graph.node:
-        yield from node.input
         for attribute in node.attribute:
             for sub in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                yield from _inputs_anywhere(sub)
+                yield from _graphs(sub)
 
 
-def _sizes(split: onnx.NodeProto, channels: int, constants: dict[str, np.ndarray]) -> list[int] | None:
+def _inputs_anywhere(graph: onnx.GraphProto) -> Iterator[str]:
+    """Every tensor name a node reads, in ``graph`` and its subgraphs."""
+    return (name for g in _graphs(graph) for node in g.node for name in node.input)
+
+
+def _array(tensors: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
+    return numpy_helper.to_array(tensors[name]) if name in tensors else None
+
+
+def _sizes(split: onnx.NodeProto, channels: int, constants: dict[str, onnx.TensorProto]) -> list[int] | None:
     """The channel counts of ``split``'s parts: from its sizes input (opset 13+), its ``split`` attribute (before
     13), or equal parts; None when they are not known constants."""
     if len(split.input) > 1 and split.input[1]:
-        given = constants.get(split.input[1])
+        given = _array(constants, split.input[1])
         sizes = None if given is None else [int(v) for v in given.reshape(-1)]
     elif (attribute := _attr(split, "split")) is not None:
         sizes = list(attribute.ints)
@@ -49,13 +58,11 @@ def _sizes(split: onnx.NodeProto, channels: int, constants: dict[str, np.ndarray
 
 def _names(graph: onnx.GraphProto) -> Iterator[str]:
     """Every name ``graph`` and its subgraphs use: tensors, initializers, inputs, outputs, value infos, nodes."""
-    yield from (t.name for t in graph.initializer)
-    yield from (v.name for v in (*graph.input, *graph.output, *graph.value_info))
-    for node in graph.node:
-        yield from (*node.input, *node.output, node.name)
-        for attribute in node.attribute:
-            for sub in (attribute.g,) if attribute.HasField("g") else attribute.graphs:
-                yield from _names(sub)
+    for g in _graphs(graph):
+        yield from (t.name for t in g.initializer)
+        yield from (v.name for v in (*g.input, *g.output, *g.value_info))
+        for node in g.node:
+            yield from (*node.input, *node.output, node.name)
 
 
 def split_convs(model: onnx.ModelProto) -> int:
@@ -65,12 +72,12 @@ def split_convs(model: onnx.ModelProto) -> int:
     computes the same sums over the same inputs as the whole did (onnxruntime CPU: equal to the bit, measured)."""
     graph = model.graph
     fed = {i.name for i in graph.input}  # an initializer that is also an input can be replaced by the caller
-    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in fed}
+    weights = {t.name: t for t in graph.initializer if t.name not in fed}  # read as arrays only when used
     constants = dict(weights)  # split sizes may also come from Constant nodes (torch's export before onnxslim)
     for node in graph.node:
         value = _attr(node, "value")
         if node.op_type == "Constant" and value is not None and value.HasField("t"):
-            constants[node.output[0]] = numpy_helper.to_array(value.t)
+            constants[node.output[0]] = value.t
     producer = {name: node for node in graph.node for name in node.output}
     uses = Counter(_inputs_anywhere(graph))
     uses.update(o.name for o in graph.output)
@@ -97,8 +104,8 @@ def split_convs(model: onnx.ModelProto) -> int:
             continue
         conv, activation = found
         has_bias = len(conv.input) > 2 and bool(conv.input[2])
-        weight = weights.get(conv.input[1])
-        bias = weights.get(conv.input[2]) if has_bias else None
+        weight = _array(weights, conv.input[1])
+        bias = _array(weights, conv.input[2]) if has_bias else None
         group = _attr(conv, "group")
         if weight is None or (has_bias and bias is None) or (group and group.i != 1):
             continue
