@@ -168,15 +168,10 @@ def from_yaml(path: Path, split: str = "val") -> DetectionSet:
     if not isinstance(cfg, dict) or split not in cfg:
         raise DatasetError(f"{path} needs a '{split}' entry")
     names = _class_names(path, cfg)
-    if not isinstance(cfg.get("path") or "", str):
-        raise DatasetError(f"{path}: 'path' must be a folder name, got {cfg['path']!r:.40}")
-    root = Path(cfg.get("path") or path.parent)
-    if not root.is_absolute():
-        root = (path.parent / root).resolve()
+    root = _root(path, cfg)
     entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
     files = [file for entry in entries for file in _image_files(path, root, entry, split)]
-    kpt = cfg.get("kpt_shape")
-    keypoints = int(kpt[0]) * int(kpt[1]) if isinstance(kpt, list) and len(kpt) == 2 else 0
+    keypoints = _keypoint_values(path, cfg.get("kpt_shape"))
     images, annotations = [], []
     for index, file in enumerate(files, 1):
         try:
@@ -207,6 +202,53 @@ def from_yaml(path: Path, split: str = "val") -> DetectionSet:
         str(path),
         {"yaml": cfg, "root": str(root)},
     )
+
+
+TRAINER_SPLITS = ("train", "val", "test", "minival")
+"""The keys of a data yaml that name images, as ultralytics' dataset check reads them."""
+
+
+def trainer_config(path: str | Path) -> dict[str, Any]:
+    """A data yaml as a trainer must be handed it: every split resolved as yoloprune resolves it (absolute paths
+    under the yaml's own ``path:``, itself taken from the yaml's folder), the class names as checked, and no
+    ``download`` script. ultralytics resolves a relative ``path:`` against the current folder instead and runs
+    ``download`` when it then finds no images, so the user's yaml itself is never given to it."""
+    path = Path(path)
+    cfg = yaml.safe_load(path.read_text())
+    root = _root(path, cfg)
+    names = _class_names(path, cfg)
+    config = {k: v for k, v in cfg.items() if k not in ("download", "path", *TRAINER_SPLITS)}
+    config.update({"path": str(root), "names": names, "nc": len(names)})
+    for split in TRAINER_SPLITS:
+        entries = cfg.get(split)
+        if isinstance(entries, str) and entries.strip():
+            config[split] = str(root / entries)
+        elif isinstance(entries, list) and entries and all(isinstance(e, str) and e.strip() for e in entries):
+            config[split] = [str(root / e) for e in entries]
+    return config
+
+
+def _root(path: Path, cfg: dict[str, Any]) -> Path:
+    """A data yaml's dataset folder: its ``path:``, relative to the yaml's own folder (the yaml's folder without one)."""
+    if not isinstance(cfg.get("path") or "", str):
+        raise DatasetError(f"{path}: 'path' must be a folder name, got {type(cfg['path']).__name__}")
+    root = Path(cfg.get("path") or path.parent)
+    return root if root.is_absolute() else (path.parent / root).resolve()
+
+
+def _keypoint_values(path: Path, kpt_shape: Any) -> int:
+    """The numbers a pose label row carries after its box, from the yaml's ``kpt_shape: [keypoints, 2 or 3]``."""
+    if kpt_shape is None:
+        return 0
+    if not (
+        isinstance(kpt_shape, list)
+        and len(kpt_shape) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in kpt_shape)
+        and 0 < kpt_shape[0] <= 1000
+        and kpt_shape[1] in (2, 3)
+    ):
+        raise DatasetError(f"{path}: kpt_shape must be [keypoints (1..1000), 2 or 3]")
+    return kpt_shape[0] * kpt_shape[1]
 
 
 def _read_labels(label: Path, nc: int, keypoints: int = 0) -> list[tuple[int, tuple[float, ...]]]:
@@ -242,17 +284,18 @@ def _label_row(line: str, where: str, nc: int, keypoints: int) -> tuple[str, int
         cls, values = None, []
     if cls is None or not (polygon or len(parts) in (5, 5 + keypoints)):
         raise DatasetError(
-            f"{where}: expected 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...', got {line!r}"
+            f"{where}: expected 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...' (an integer class, then "
+            f"numbers), got {len(parts)} fields"
         )
     kind = "polygon" if polygon else "box"
     if not all(map(math.isfinite, values)):
-        raise DatasetError(f"{where}: {line.strip()!r} holds a value that is not a finite number")
+        raise DatasetError(f"{where}: holds a value that is not a finite number")
     if not 0 <= cls < nc:
         raise DatasetError(f"{where}: class {cls} is out of range 0..{nc - 1}")
     if not polygon and min(values[2:]) < 0:
         raise DatasetError(f"{where}: box width and height must not be negative, got {values[2]:g}, {values[3]:g}")
     if not all(-0.01 <= v <= 1.01 for v in values):
-        raise DatasetError(f"{where}: {kind} {' '.join(parts[1:])!r} is not normalised to [0, 1]")
+        raise DatasetError(f"{where}: the {kind}'s coordinates are not normalised to [0, 1]")
     if polygon:
         xs, ys = values[0::2], values[1::2]
         return kind, cls, (min(xs), min(ys), max(xs), max(ys))
@@ -260,10 +303,17 @@ def _label_row(line: str, where: str, nc: int, keypoints: int) -> tuple[str, int
     return kind, cls, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
 
 
+MAX_CLASSES = 100_000
+"""The most classes a data yaml may declare (the largest public label sets have about 20,000): a yaml's ``nc`` is
+never a reason to build a billion names."""
+
+
 def _class_names(path: Path, cfg: dict[str, Any]) -> dict[int, str]:
     """A data yaml's classes as ultralytics reads them: ``names`` as a list or an index: name mapping, or ``nc``
     alone (``class_0``, ``class_1``, ...)."""
     names, nc = cfg.get("names"), cfg.get("nc")
+    if isinstance(nc, int) and nc > MAX_CLASSES:
+        raise DatasetError(f"{path}: nc: {nc} classes; at most {MAX_CLASSES} are supported")
     if names is None and isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
         return {i: f"class_{i}" for i in range(nc)}
     if isinstance(names, list):
@@ -274,6 +324,8 @@ def _class_names(path: Path, cfg: dict[str, Any]) -> dict[int, str]:
         names = {int(k): str(v) for k, v in names.items()}
     except (TypeError, ValueError):
         raise DatasetError(f"{path}: the keys of 'names' must be class indices 0, 1, ...") from None
+    if len(names) > MAX_CLASSES:
+        raise DatasetError(f"{path}: {len(names)} class names; at most {MAX_CLASSES} are supported")
     if sorted(names) != list(range(len(names))):
         raise DatasetError(f"{path}: class names must be numbered 0..{len(names) - 1}")
     if nc is not None and nc != len(names):
@@ -288,17 +340,32 @@ def _image_files(path: Path, root: Path, entry: Any, split: str) -> list[Path]:
         raise DatasetError(f"{path}: '{split}' must name a folder or an image list file (or a list of them)")
     source = root / entry
     if source.is_file():
-        try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"cannot read the image list {source}: {exc}") from exc
-        files = [(root / line.strip()).resolve() for line in lines if line.strip()]
+        files = _listed_images(source, root)
     elif source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
         raise DatasetError(f"{path}: {split} images not found at {source} (nothing is downloaded)")
     if not files:
         raise DatasetError(f"{path}: no images in {source}")
+    return files
+
+
+def _listed_images(source: Path, root: Path) -> list[Path]:
+    """The images an image list file names (one path a line, relative to the dataset root). A line that names no
+    image file is reported by its number: an error never prints what a file holds (``val: /etc/shadow``)."""
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DatasetError(f"{source} is not an image list (a text file of image paths)") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read the image list {source}: {exc.strerror}") from None
+    files = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            file = (root / line.strip()).resolve()
+            if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+                raise DatasetError(f"{source}, line {n}: names no image file; is it an image list?")
+            files.append(file)
     return files
 
 

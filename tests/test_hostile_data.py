@@ -1,0 +1,137 @@
+"""A data yaml is data: its ``download:`` script never runs, its errors never print what a file holds, and no
+number in it takes the machine. Every command that hands a data yaml to a trainer is run from a folder other than the
+dataset's (where ultralytics resolves a relative ``path:`` differently from yoloprune)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import randomize
+
+from yoloprune.adapters import Loaded
+from yoloprune.adapters.ultralytics import from_config, save
+from yoloprune.cli import main
+from yoloprune.data import synthesize
+from yoloprune.data.datasets import DatasetError, load_detection_set, trainer_config
+
+TRAIN = ["workers=0", "mosaic=0", "warmup_epochs=0", "val=False"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    net = randomize(from_config({**from_config("yolov8n.yaml").yaml, "nc": 3}))
+    return save(Loaded(net, "ultralytics", "m", {"train_args": {}}), tmp_path_factory.mktemp("m") / "m.pt", {})
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth") / "d", train=4, val=4, imgsz=64, classes=3, seed=2).parent
+
+
+def _hostile(dataset: Path, tmp_path: Path, download: str) -> Path:
+    """A copy of the dataset whose yaml says ``path: .`` and carries a ``download`` script."""
+    copy = tmp_path / "hostile"
+    shutil.copytree(dataset, copy)
+    cfg = yaml.safe_load((copy / "data.yaml").read_text())
+    cfg.update({"path": ".", "download": download})
+    (copy / "data.yaml").write_text(yaml.safe_dump(cfg))
+    return copy / "data.yaml"
+
+
+def _python_payload(marker: Path) -> str:
+    return f"open({str(marker)!r}, 'w').write('ran')"
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def test_the_trainer_gets_the_checked_dataset(dataset, tmp_path):
+    data = _hostile(dataset, tmp_path, "print('x')")
+    config = trainer_config(data)
+    assert "download" not in config
+    assert config["path"] == str(data.parent.resolve())
+    assert Path(config["train"]).is_absolute() and Path(config["train"]).is_dir()
+    assert Path(config["val"]).is_absolute() and Path(config["val"]).is_dir()
+    assert config["names"] == load_detection_set(data).names and config["nc"] == 3
+
+
+@pytest.mark.parametrize("form", ["python", "bash"])
+def test_finetune_runs_no_download_script(model, dataset, tmp_path, elsewhere, form):
+    marker = tmp_path / "ran"
+    script = tmp_path / "payload.sh"
+    script.write_text(f"touch {marker}\n")
+    data = _hostile(dataset, tmp_path, _python_payload(marker) if form == "python" else f"bash {script}")
+    out = tmp_path / "run"
+    argv = ["finetune", str(model), "--data", str(data), "-o", str(out), "--epochs", "1", "--imgsz", "64"]
+    assert main([*argv, "--batch", "4", *TRAIN]) == 0
+    assert not marker.exists()
+    handed = yaml.safe_load((out / "dataset.yaml").read_text())
+    assert "download" not in handed and Path(handed["path"]).is_absolute()
+
+
+def test_sweep_fine_tuning_runs_no_download_script(model, dataset, tmp_path, elsewhere):
+    marker = tmp_path / "ran"
+    data = _hostile(dataset, tmp_path, _python_payload(marker))
+    argv = ["sweep", str(model), "--data", str(data), "-o", str(tmp_path / "sw"), "--targets", "0.6"]
+    argv += ["--finetune-epochs", "1", "--imgsz", "64", "--batch", "4", "--runs", "1", "--threads", "1"]
+    assert main([*argv, *TRAIN]) == 0
+    assert not marker.exists()
+
+
+def test_a_recipe_that_fine_tunes_runs_no_download_script(model, dataset, tmp_path, elsewhere):
+    marker = tmp_path / "ran"
+    data = _hostile(dataset, tmp_path, _python_payload(marker))
+    recipe = {
+        "name": "hostile",
+        "model": str(model),
+        "data": str(data),
+        "imgsz": 64,
+        "prune": {"target_macs": 0.7},
+        "finetune": {"epochs": 1, "batch": 4, "workers": 0, "overrides": {"mosaic": 0.0, "warmup_epochs": 0}},
+        "bench": {"runs": 1, "threads": 1},
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "-o", str(tmp_path / "out")]) == 0
+    assert not marker.exists()
+
+
+def test_errors_name_a_file_and_never_print_what_it_holds(tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:SECRET-HASH:19000:0:99999:7:::\nsecond-line-secret\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"val": str(secret), "names": ["a"]}))
+    with pytest.raises(DatasetError) as caught:
+        load_detection_set(data)
+    assert "SECRET" not in str(caught.value) and "secret.txt" in str(caught.value)
+    assert main(["eval", str(data), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "SECRET" not in err and "second-line" not in err
+
+
+def test_a_label_file_is_not_echoed(tmp_path):
+    data = synthesize(tmp_path / "d", train=2, val=2, imgsz=32, classes=2, seed=0)
+    label = next((data.parent / "labels" / "val").glob("*.txt"))
+    label.write_text("SECRET-TOKEN-abc\n")
+    with pytest.raises(DatasetError, match=rf"{label.name}:1: expected 'class cx cy w h'") as caught:
+        load_detection_set(data)
+    assert "SECRET" not in str(caught.value)
+
+
+@pytest.mark.parametrize("nc", [10**9, 100_001])
+def test_a_huge_class_count_is_refused(tmp_path, nc):
+    data = synthesize(tmp_path / "d", train=2, val=2, imgsz=32, classes=2, seed=0)
+    cfg = yaml.safe_load(data.read_text())
+    cfg.pop("names")
+    cfg["nc"] = nc
+    data.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DatasetError, match=rf"nc: {nc} classes; at most 100000"):
+        load_detection_set(data)
