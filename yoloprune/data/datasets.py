@@ -229,7 +229,7 @@ def trainer_config(path: str | Path) -> dict[str, Any]:
 
 
 def _root(path: Path, cfg: dict[str, Any]) -> Path:
-    """A data yaml's dataset folder: its ``path:``, relative to the yaml's own folder (the yaml's folder without one)."""
+    """A data yaml's dataset folder: its ``path:`` relative to the yaml's own folder (that folder without one)."""
     if not isinstance(cfg.get("path") or "", str):
         raise DatasetError(f"{path}: 'path' must be a folder name, got {type(cfg['path']).__name__}")
     root = Path(cfg.get("path") or path.parent)

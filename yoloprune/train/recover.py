@@ -23,7 +23,7 @@ from yoloprune.io import load_checkpoint, save_atomic, write_atomic
 from yoloprune.options import check_numbers
 
 SETTINGS_FILE = "yoloprune_finetune.json"
-TRAINER_DATA = "dataset.yaml"  # the checked data yaml ultralytics' trainer reads (``trainer_config``), in the run folder
+TRAINER_DATA = "dataset.yaml"  # the checked data yaml ultralytics' trainer reads (``trainer_config``), in the run
 
 
 @dataclass
