@@ -151,9 +151,9 @@ LABEL_ERRORS = [
     ("0 0.1 0.1 0.5 0.1 0.5 0.5 0.1\n", 1, "expected 'class cx cy w h' or a polygon"),  # an odd coordinate count
     ("0 0.5 0.5 0.2 0.2\n0 0.1 0.1 0.5 0.1 0.5 0.5\n", None, "mixes boxes and polygons (lines 1 and 2)"),
     ("1 0.5 0.5 0.2 0.2\n0 0.5 0.5 -0.005 0.2\n", 2, "box width and height must not be negative, got -0.005, 0.2"),
-    ("0 nan 0.5 0.2 0.2\n", 1, "'0 nan 0.5 0.2 0.2' holds a value that is not a finite number"),
-    ("0 0.1 0.1 0.5 0.1 0.5 inf\n", 1, "'0 0.1 0.1 0.5 0.1 0.5 inf' holds a value that is not a finite number"),
-    ("0 0.1 0.1 1.5 0.1 0.5 0.5\n", 1, "polygon '0.1 0.1 1.5 0.1 0.5 0.5' is not normalised to [0, 1]"),
+    ("0 nan 0.5 0.2 0.2\n", 1, "holds a value that is not a finite number"),
+    ("0 0.1 0.1 0.5 0.1 0.5 inf\n", 1, "holds a value that is not a finite number"),
+    ("0 0.1 0.1 1.5 0.1 0.5 0.5\n", 1, "the polygon's coordinates are not normalised to [0, 1]"),
 ]
 
 
@@ -472,3 +472,24 @@ def test_model_files_are_keyed_by_their_content(dataset, tmp_path):
     key = {p.name: sweep_module.sweep_key(p, dataset / "data.yaml", imgsz=32) for p in (a, b, c)}
     assert key["a.pt"] == key["b.pt"] != key["c.pt"]
     assert key["a.pt"]["model"] == "sha256:" + hashlib.sha256(b"weights").hexdigest()[:16]
+
+
+# --- the exactness check and the figures a prune reports ---------------------------------------------------------
+
+
+def test_verify_keeps_the_models_mode_and_fails_on_non_finite_outputs():
+    net = from_config("yolov8n.yaml").train()
+    yoloprune.prune(net, torch.zeros(1, 3, 64, 64), ratio=0.3, verify=True)
+    assert net.training and all(m.training for m in net.modules())
+    with pytest.raises(yoloprune.PruneError, match="the outputs hold NaN or inf"):
+        yoloprune.prune(from_config("yolov8n.yaml"), torch.full((1, 3, 64, 64), math.nan), ratio=0.3, verify=True)
+
+
+def test_a_calibrated_prune_reports_the_seconds_it_ran(tmp_path, monkeypatch):
+    """Calibration's seconds were added to a total that already held them: a prune reported more than it ran."""
+    from yoloprune.pruning import calibrate
+
+    images = synthesize(tmp_path / "d", train=2, val=2, imgsz=32, classes=2, seed=0).parent / "images" / "train"
+    monkeypatch.setattr(calibrate, "calibrate", lambda *_, **__: calibrate.Calibration(images=2, seconds=1e9))
+    report = yoloprune.prune(from_config("yolov8n.yaml"), torch.zeros(1, 3, 64, 64), ratio=0.3, calib=images)
+    assert 0 < report.seconds < 1e9  # the call's own clock, each second counted once

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -177,6 +178,8 @@ def _prune(
         if reference is not None:  # verify: a single step, checked before anything refits the weights
             zero_producers(reference, removal)
             totals["difference"] = max_relative_difference(reference, target.module, example_inputs, target.outputs)
+            if not math.isfinite(totals["difference"]):
+                raise PruneError("exactness check failed: the outputs hold NaN or inf (check the example inputs)")
             if totals["difference"] > s.tolerance:
                 raise PruneError(f"exactness check failed: outputs differ by {totals['difference']:.3g} (relative)")
         if after_step is not None:
