@@ -98,6 +98,8 @@ def test_an_interrupted_family_finetune_resumes_from_its_last_epoch(data, tmp_pa
     assert sorted(scores) == ["0", "1"]  # the start and the one finished epoch, validated; best.pt the better
     with pytest.raises(ValueError, match="holds a training run"):
         finetune(path, data, epochs=2, imgsz=64, batch=4, out=tmp_path / "ft", workers=0)
+    with pytest.raises(ValueError, match=r"as it was started \(its batch=4\); batch=8 would change it"):
+        finetune(None, data, out=tmp_path / "ft", resume=True, batch=8)
     calls.clear()
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or clip(*a, **k))
     result = finetune(None, data, out=tmp_path / "ft", resume=True, workers=0)

@@ -100,6 +100,9 @@ def test_interrupted_run_resumes(pair, data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         finetune(pruned, data, epochs=2, out=tmp_path / "r", callbacks={"on_fit_epoch_end": stop}, **FAST)
+    for changed, message in ({"epochs": 3}, "its epochs=2\\); epochs=3 would"), ({"lr0": 0.5}, "no lr0 setting"):
+        with pytest.raises(ValueError, match=rf"--resume continues the run in .* \({message}"):
+            finetune(None, data, out=tmp_path / "r", resume=True, **changed)  # refused, not silently ignored
     result = finetune(None, data, epochs=2, out=tmp_path / "r", resume=True)
     assert result.epochs == 2 and result.params == params
 

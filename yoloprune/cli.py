@@ -628,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to distil on (needs --teacher)",
     )
     p.add_argument("-o", "--output", default="runs/finetune", metavar="DIR", help="run folder (runs/finetune)")
-    p.add_argument("--epochs", type=_count(AT_LEAST["epochs"]), default=10, help="epochs (10)")
+    p.add_argument("--epochs", type=_count(AT_LEAST["epochs"]), help="epochs (10; --resume keeps the run's)")
     p.add_argument("--teacher", help="unpruned checkpoint to distil from")
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation loss weight (1.0)")
     p.add_argument("--sparsity", type=float, default=0.0, help="sparsity training strength (0: off)")
@@ -638,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("bn", "group"),
         help="bn: BN-L1 (network slimming); group: group lasso",
     )
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="training size (640)")
-    p.add_argument("--batch", type=_count(AT_LEAST["batch"]), default=16, help="batch size (16)")
+    p.add_argument("--imgsz", type=_imgsz, help="training size (640; --resume keeps the run's)")
+    p.add_argument("--batch", type=_count(AT_LEAST["batch"]), help="batch size (16; --resume keeps the run's)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")
     p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
     p.add_argument("--workers", type=_count(AT_LEAST["workers"]), default=2, help="dataloader workers (2)")

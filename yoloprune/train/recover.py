@@ -133,13 +133,13 @@ def finetune(
     model: Any,
     data: str | Path,
     *,
-    epochs: int = 10,
+    epochs: int | None = None,
     teacher: Any = None,
     kd_weight: float = 1.0,
     sparsity: float = 0.0,
     sparsity_kind: str = "bn",
-    imgsz: int = 640,
-    batch: int = 16,
+    imgsz: int | None = None,
+    batch: int | None = None,
     device: str = "cpu",
     lr0: float | None = None,
     out: str | Path = "runs/finetune",
@@ -166,11 +166,22 @@ def finetune(
     With ``teacher`` (the unpruned model, path or module) on labelled data, ``kd_weight`` x distillation on the
     head outputs is added to the detection loss. Results go to ``out``: ``weights/best.pt`` and ``last.pt`` (fp32,
     with the pruning plan; the family's own format outside ultralytics; distillation on images writes ``best.pt``
-    only). With ``resume`` an interrupted labelled run continues from ``out/weights/last.pt``; a finished or
-    interrupted run in ``out`` is only started over with ``overwrite``.
+    only). ``epochs``, ``imgsz`` and ``batch`` default to 10, 640 and 16. With ``resume`` an interrupted labelled run
+    continues from ``out/weights/last.pt`` with the settings it was started with (giving another is refused); a
+    finished or interrupted run in ``out`` is only started over with ``overwrite``.
     """
     start = time.perf_counter()
     out = Path(out)
+    saved = _saved(out) if resume else {}
+    if resume:
+        epochs, imgsz, batch = _resumed_settings(
+            out, saved, epochs=epochs, imgsz=imgsz, batch=batch, lr0=lr0, **overrides
+        )
+    epochs, imgsz, batch = (
+        epochs or RUN_DEFAULTS["epochs"],
+        imgsz or RUN_DEFAULTS["imgsz"],
+        batch or RUN_DEFAULTS["batch"],
+    )
     if epochs < 1 or batch < 1:
         raise ValueError("epochs and batch must be >= 1")
     check_imgsz(imgsz)
@@ -193,7 +204,6 @@ def finetune(
     loop = {"epochs": epochs, "imgsz": imgsz, "batch": batch, "device": device, "lr0": lr0, "workers": workers}
     if images:
         return _distill(model, Path(data), out, teacher=teacher, start=start, seed=seed, **loop)
-    saved = _saved(out) if resume else {}
     family = saved.get("family", "ultralytics") if resume else _family(model)
     if family != "ultralytics":
         return _finetune_family(
@@ -397,6 +407,29 @@ def _loop_device(device: str) -> str:
             "the loop under torchrun for several GPUs"
         )
     return f"cuda:{text}" if text.isdigit() else text
+
+
+RUN_DEFAULTS = {"epochs": 10, "imgsz": 640, "batch": 16}
+"""What a fine-tune runs with when not told (a resumed run keeps what it was started with)."""
+
+
+def _resumed_settings(out: Path, saved: dict[str, Any], **given: Any) -> tuple[int, int, int]:
+    """The epochs, image size and batch a resumed run in ``out`` was started with. A setting given now that differs
+    from the run's own is refused: a resume continues the run as it was set up (start over to change it)."""
+    recorded = saved.get("args") or saved.get("settings") or {}
+    for key, value in given.items():
+        if value is not None and recorded.get(key, RUN_DEFAULTS.get(key)) != value:
+            was = f"its {key}={recorded[key]}" if key in recorded else f"no {key} setting"
+            raise ValueError(
+                f"--resume continues the run in {out} as it was started ({was}); {key}={value} would change it: "
+                "start over with --overwrite instead"
+            )
+    numbers = [recorded.get(key, default) for key, default in RUN_DEFAULTS.items()]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise ValueError(
+            f"{out / SETTINGS_FILE} records settings that are not whole numbers; start over with --overwrite"
+        )
+    return numbers[0], numbers[1], numbers[2]
 
 
 def _own_copy(model: Any) -> Any:
