@@ -45,12 +45,16 @@ TORCH_REBUILDERS = {
     "_rebuild_parameter": 2,
     "_rebuild_parameter_with_state": 2,
     "_rebuild_qtensor": 6,
-    "_rebuild_sparse_tensor": None,
     "_rebuild_meta_tensor_no_storage": None,
     "_rebuild_device_tensor_from_numpy": None,
     "_rebuild_device_tensor_from_cpu_tensor": None,
 }
 """torch's tensor rebuilders, with the position of their ``backward_hooks`` argument (hooks are code: must be empty)."""
+
+SPARSE_REBUILDERS = ("_rebuild_sparse_tensor",)
+"""torch's sparse tensor rebuilders, always refused: torch checks a sparse tensor's indices only when loading with
+``weights_only=True``, so out-of-range indices would reach ``to_dense()`` and write out of bounds. No YOLO checkpoint
+holds a sparse tensor."""
 
 MODEL_MODULES: dict[str, tuple[str, ...]] = {
     "ultralytics": (
@@ -159,6 +163,10 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
 
 
+def _byte_list(value: Any) -> bool:
+    return isinstance(value, list) and all(type(b) is int and 0 <= b < 256 for b in value)
+
+
 def _check_args(name: str, args: tuple, test: Any) -> None:
     if not all(test(a) for a in args):
         raise ForbiddenGlobal(name, "was called with arguments it may not take")
@@ -177,7 +185,7 @@ def _value_builders() -> dict[str, tuple[Any, Any]]:
         "builtins.frozenset": (frozenset, seq),
         "builtins.slice": (slice, lambda a: a is None or isinstance(a, int)),
         "builtins.complex": (complex, lambda a: isinstance(a, (int, float))),
-        "builtins.bytearray": (bytearray, lambda a: isinstance(a, (bytes, str, list))),
+        "builtins.bytearray": (bytearray, lambda a: isinstance(a, (bytes, str)) or _byte_list(a)),
         "builtins.range": (range, lambda a: isinstance(a, int)),
         "_codecs.encode": (_latin1, lambda a: isinstance(a, str)),
         "torch.Size": (torch.Size, lambda a: seq(a) and all(isinstance(i, int) for i in a)),
@@ -188,6 +196,8 @@ def _value_builders() -> dict[str, tuple[Any, Any]]:
         fn = getattr(torch._utils, name, None)
         if fn is not None:
             builders[f"torch._utils.{name}"] = (_without_hooks(fn, name, hooks), lambda a: True)
+    for name in SPARSE_REBUILDERS:
+        builders[f"torch._utils.{name}"] = (_refuse_sparse(name), lambda a: True)
     try:
         import numpy as np
         from numpy.core.multiarray import _reconstruct, scalar  # numpy 1.x and 2.x both expose these
@@ -215,6 +225,17 @@ def _without_hooks(fn: Any, name: str, hooks: int | None) -> Any:
         return fn(*args)
 
     return rebuild
+
+
+def _refuse_sparse(name: str) -> Any:
+    """A stand-in for a sparse rebuilder that refuses, whatever the arguments."""
+
+    def refuse(*args: Any) -> Any:
+        raise ForbiddenGlobal(
+            f"torch._utils.{name}", "builds a sparse tensor; no YOLO checkpoint holds one", trust_helps=False
+        )
+
+    return refuse
 
 
 def _check_view(name: str, storage: Any, offset: Any, size: Any, stride: Any) -> None:
@@ -571,6 +592,9 @@ class SafeUnpickler(_WORK):  # type: ignore[misc, valid-type]
                 if not isinstance(values, dict) or not all(v is None or isinstance(v, kind) for v in values.values()):
                     raise ForbiddenGlobal(f"{name}.{key}", f"must map names to {kind.__name__} objects")
 
+    def load_ext(self) -> None:
+        raise ForbiddenGlobal("a pickle extension code (EXT1/EXT2/EXT4)", "checkpoints never use", trust_helps=False)
+
     def load_append(self) -> None:
         value = self.stack.pop()
         self._target(list).append(value)
@@ -615,6 +639,9 @@ class SafeUnpickler(_WORK):  # type: ignore[misc, valid-type]
         (pickle.SETITEM, load_setitem),
         (pickle.SETITEMS, load_setitems),
         (pickle.ADDITEMS, load_additems),
+        (pickle.EXT1, load_ext),
+        (pickle.EXT2, load_ext),
+        (pickle.EXT4, load_ext),
     ):
         dispatch[_op[0]] = _fn
     del _op, _fn
