@@ -309,8 +309,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from yoloprune.io import check_links
     from yoloprune.workflows.demo import demo
 
+    check_links(args.output)
     demo(args.output, quick=args.quick, model=args.model)
     return 0
 
@@ -361,6 +363,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from yoloprune.data import synthesize
+    from yoloprune.io import check_links
+
+    check_links(args.output)
 
     start = time.perf_counter()
     path = synthesize(
