@@ -132,23 +132,91 @@ def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) 
     return Runner(run, layout, nc, adapter.PREPROCESS, net=net)
 
 
+LAYOUTS = ("xywh-class", "xywh-obj-class", "end2end", "nms")
+MAX_CLASSES = 100_000
+
+
 def _onnx_runner(path: Path, imgsz: int | None = None) -> Runner:
-    from yoloprune.export.onnx import read_metadata, session
+    from yoloprune.export.onnx import read_metadata, run_session, session
 
     if not path.is_file():
         raise FileNotFoundError(f"no such model: {path}")
     meta = read_metadata(path)
     if "layout" not in meta or "nc" not in meta:
         raise ValueError(f"{path} has no yoloprune output layout in its metadata; export it with `yoloprune export`")
+    layout, nc, spec = meta["layout"], _classes(path, meta["nc"]), _preprocess(path, meta.get("preprocess"))
+    if layout not in LAYOUTS:
+        raise ValueError(f"{path}: its metadata names an unknown output layout; expected one of {', '.join(LAYOUTS)}")
     s = session(path, imgsz=imgsz)
     name = s.get_inputs()[0].name
     static = s.get_inputs()[0].shape[0]
-    spec = Preprocess(**json.loads(meta["preprocess"])) if "preprocess" in meta else Preprocess()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(s.run(None, {name: x.numpy()})[0]).float()
+        outputs = run_session(s, {name: x.numpy()}, path)
+        pred = torch.from_numpy(outputs[0]).float() if outputs and hasattr(outputs[0], "shape") else None
+        problem = layout_problem(pred, layout, nc, len(x))
+        if problem:
+            raise ValueError(f"{path}: its output {problem}, not what its metadata's layout {layout!r} says")
+        return pred
 
-    return Runner(run, meta["layout"], int(meta["nc"]), spec, 1 if isinstance(static, int) else None)
+    return Runner(run, layout, nc, spec, 1 if isinstance(static, int) else None)
+
+
+def _classes(path: Path, text: str) -> int:
+    """The class count an ONNX file's metadata states: a whole number from 1 to ``MAX_CLASSES``."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 6 and 1 <= int(value) <= MAX_CLASSES):
+        raise ValueError(f"{path}: its metadata's class count (nc) is not a whole number from 1 to {MAX_CLASSES}")
+    return int(value)
+
+
+def _preprocess(path: Path, text: str | None) -> Preprocess:
+    """The image convention an ONNX file's metadata states (``Preprocess`` fields as json), checked field by field."""
+    if text is None:
+        return Preprocess()
+    bad = ValueError(f"{path}: its metadata's preprocess entry is not yoloprune's (rgb, scale, fill)")
+    try:
+        value = json.loads(text) if len(text) < 1000 else None
+    except (ValueError, RecursionError):
+        raise bad from None
+    types = {"rgb": (bool,), "scale": (int, float), "fill": (int,)}
+    if not isinstance(value, dict) or not set(value) <= set(types):
+        raise bad
+    for key, item in value.items():
+        if not isinstance(item, types[key]) or (key != "rgb" and isinstance(item, bool)):
+            raise bad
+    if not 0 <= value.get("fill", 0) <= 255 or not 0 < value.get("scale", 1) <= 1:
+        raise bad
+    return Preprocess(**value)
+
+
+def layout_problem(pred: torch.Tensor | None, layout: str, nc: int, batch: int) -> str | None:
+    """What makes ``pred`` (a model's first output for ``batch`` images) not a prediction in ``layout`` with ``nc``
+    classes (``decode``'s input), or None."""
+    if pred is None:
+        return "is not a tensor"
+    shape = tuple(pred.shape)
+    want = {
+        "nms": "(detections, 6) for one image",
+        "end2end": f"({batch}, detections, 6)",
+        "xywh-class": f"({batch}, 4 + {nc} or more, anchors)",
+        "xywh-obj-class": f"({batch}, anchors, 5 + {nc} or more)",
+    }[layout]
+    if layout == "nms":
+        fits = len(shape) == 2 and shape[1] == 6 and batch == 1
+    elif layout == "end2end":
+        fits = len(shape) == 3 and shape[0] == batch and shape[2] == 6
+    elif layout == "xywh-class":
+        fits = len(shape) == 3 and shape[0] == batch and shape[1] >= 4 + nc
+    else:
+        fits = len(shape) == 3 and shape[0] == batch and shape[2] >= 5 + nc
+    if not fits:
+        return f"has shape {list(shape)} where {want} is expected"
+    if layout in ("nms", "end2end") and pred.numel():
+        cls = pred[..., 5]
+        if not bool(((cls >= 0) & (cls < nc) & (cls == cls.round())).all()):
+            return f"names classes outside 0..{nc - 1}"
+    return None
 
 
 def evaluate(

@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch import nn
 
-from yoloprune.export.onnx import export_onnx, family_hooks, read_metadata, session
+from yoloprune.export.onnx import export_onnx, family_hooks, read_metadata, run_session, session
 from yoloprune.graph.counting import count_macs, count_params
 
 
@@ -75,17 +75,17 @@ def time_calls(call: Callable[[], Any], runs: int = 50, warmup: int = 10) -> Tim
     )
 
 
-def _runner(s: Any, imgsz: int) -> Callable[[], Any]:
-    """One forward pass of session ``s`` on a fixed random image batch of one."""
+def _runner(s: Any, imgsz: int, what: str | Path = "the ONNX file") -> Callable[[], Any]:
+    """One forward pass of session ``s`` (of the file ``what``) on a fixed random image batch of one."""
     inp = s.get_inputs()[0]
     dtype = np.float16 if "float16" in inp.type else np.float32
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz)).astype(dtype)
-    return lambda: s.run(None, {inp.name: x})
+    return lambda: run_session(s, {inp.name: x}, what)
 
 
 def onnx_latency(path: str | Path, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
     """onnxruntime CPU latency of an ONNX file on a random image batch of one."""
-    return time_calls(_runner(session(path, threads, imgsz), imgsz), runs, warmup)
+    return time_calls(_runner(session(path, threads, imgsz), imgsz, path), runs, warmup)
 
 
 def torch_latency(net: torch.nn.Module, imgsz: int, threads: int, runs: int = 50, warmup: int = 10) -> Timing:
@@ -103,16 +103,21 @@ def torch_latency(net: torch.nn.Module, imgsz: int, threads: int, runs: int = 50
 def onnx_counts(path: str | Path) -> tuple[int, int]:
     """MACs and parameters of an ONNX file: from the metadata yoloprune writes, else from the graph itself."""
     meta = read_metadata(path)
-    if "macs" in meta and "params" in meta:
-        return int(meta["macs"]), int(meta["params"])
-    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    stated = [meta.get(key, "").strip() for key in ("macs", "params")]
+    if all(v.isascii() and v.isdigit() and len(v) < 20 for v in stated):
+        return int(stated[0]), int(stated[1])
+    try:  # shapes only: external data (which may point anywhere) is never read here
+        proto = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    except Exception as exc:  # onnx's DecodeError, ValidationError, InferenceError
+        raise ValueError(f"{path}: onnx cannot infer its shapes ({type(exc).__name__})") from None
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info}
     shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.output})
     weights = {t.name: list(t.dims) for t in proto.graph.initializer}
     macs = 0
     for node in proto.graph.node:
         out = shapes.get(node.output[0])
-        if not out or node.op_type not in ("Conv", "Gemm", "MatMul") or node.input[1] not in weights:
+        weighted = len(node.input) > 1 and node.input[1] in weights
+        if not out or node.op_type not in ("Conv", "Gemm", "MatMul") or not weighted:
             continue
         w = weights[node.input[1]]
         per_output = int(np.prod(w[1:])) if node.op_type == "Conv" else w[0] if node.op_type == "MatMul" else w[-1]
@@ -182,7 +187,7 @@ def interleaved(
 ) -> list[list[float]]:
     """p50 milliseconds of every ONNX file in each of ``rounds`` rounds, each timing the files in turn ``runs`` times
     (every session open throughout): a machine whose speed drifts between minutes moves a round's files alike."""
-    runners = [_runner(session(p, threads, imgsz), imgsz) for p in paths]
+    runners = [_runner(session(p, threads, imgsz), imgsz, p) for p in paths]
     return [[time_calls(run, runs, warmup=2).p50 for run in runners] for _ in range(rounds)]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 import time
 import warnings
@@ -230,7 +231,7 @@ def session(data: bytes | str | Path, threads: int = 0, imgsz: int | None = None
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are reported as one line by ``session`` and ``run_session``
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -239,7 +240,7 @@ def session(data: bytes | str | Path, threads: int = 0, imgsz: int | None = None
     try:
         s = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        raise ExportError(f"onnxruntime {ort.__version__} cannot load {what}: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"onnxruntime {ort.__version__} cannot load {what}: {_reason(exc)}") from exc
     size = s.get_inputs()[0].shape[2:]
     if imgsz is not None and all(isinstance(d, int) for d in size) and list(size) != [imgsz, imgsz]:
         shape = "x".join(map(str, size))
@@ -247,9 +248,37 @@ def session(data: bytes | str | Path, threads: int = 0, imgsz: int | None = None
     return s
 
 
+class ModelRunError(ValueError):
+    """onnxruntime loaded an ONNX file but failed to run it (a node that fails, or asks for more memory than there
+    is)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """onnxruntime's message, one line of at most 200 characters, without what the file chose to say: quoted names
+    and paths become ``'...'`` and anything unprintable is dropped."""
+    text = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", text)
+    text = "".join(c for c in text if c.isprintable())
+    node = re.search(r"running (\w+) node", text)
+    where = f"a {node.group(1)} node" if node else "it"
+    if "allocate memory" in text or isinstance(exc, MemoryError):
+        return f"{where} asks for more memory than there is"
+    return text[:200]
+
+
+def run_session(s: Any, feed: dict[str, np.ndarray], what: str | Path = "the exported model") -> list[Any]:
+    """``s.run(None, feed)``, with onnxruntime's failures (a node that fails, memory it cannot have) reported as one
+    line naming ``what``."""
+    try:
+        return s.run(None, feed)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types, or MemoryError
+        raise ModelRunError(f"onnxruntime cannot run {what}: {_reason(exc)}") from None
+
+
 def _run_onnx(data: bytes, x: torch.Tensor) -> list[np.ndarray]:
     s = session(data)
-    return s.run(None, {s.get_inputs()[0].name: x.numpy()})
+    return run_session(s, {s.get_inputs()[0].name: x.numpy()})
 
 
 def _compare(reference: list[torch.Tensor], got: list[np.ndarray], as_sets: bool = False) -> tuple[float, float]:
