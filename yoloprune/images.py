@@ -107,10 +107,11 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def letterbox(image: np.ndarray, size: int, fill: int = 114) -> tuple[np.ndarray, float, tuple[int, int]]:
     """Resize keeping the aspect ratio and pad to ``size`` x ``size``; returns the image, the scale and the
-    (left, top) padding, so boxes map back with ``(xy - pad) / scale``."""
+    (left, top) padding, so boxes map back with ``(xy - pad) / scale``. A side that would round to nothing (a
+    20000x1 image) keeps one pixel."""
     h, w = image.shape[:2]
     scale = min(size / h, size / w)
-    nh, nw = round(h * scale), round(w * scale)
+    nh, nw = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
     if (nh, nw) != (h, w):
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     top, left = (size - nh) // 2, (size - nw) // 2
