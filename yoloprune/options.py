@@ -81,12 +81,26 @@ SETTINGS: dict[str, Range] = {  # every float setting of the CLI, the recipes an
 }
 
 
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def number_problem(name: str, value: Any) -> str | None:
     """What is wrong with ``value`` for the setting ``name`` (``must be ...``), or None."""
     allowed = SETTINGS[name]
-    if not isinstance(value, bool) and isinstance(value, numbers.Real) and float(value) in allowed:
+    if _is_number(value) and float(value) in allowed:
         return None
-    return f"is {allowed.noun} and must be {allowed}" if allowed.noun else f"must be {allowed}"
+    kind = "" if _is_number(value) else "a number "
+    return f"is {allowed.noun} and must be {kind}{allowed}" if allowed.noun else f"must be {kind}{allowed}"
+
+
+def _described(value: Any) -> str:
+    """``value`` as an error message shows it: a number as itself, anything else by its type (a string, quoted)."""
+    if _is_number(value):
+        return str(value)
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    return "a boolean" if isinstance(value, bool) else f"a {type(value).__name__}"
 
 
 def check_numbers(**values: Any) -> None:
@@ -94,7 +108,7 @@ def check_numbers(**values: Any) -> None:
     for name, value in values.items():
         problem = None if value is None else number_problem(name, value)
         if problem:
-            raise ValueError(f"{name} {problem}, got {value}")
+            raise ValueError(f"{name} {problem}, got {_described(value)}")
 
 
 def parse_assignment(item: str, flag: str = "--set") -> tuple[list[str], Any]:

@@ -21,6 +21,19 @@ DEFAULT_RATIO = 0.3
 UNITS = ("stage", "group")
 
 
+def _patterns(ignore: Any) -> tuple[str, ...]:
+    """``ignore`` as a tuple of name patterns: one string is one pattern (not one per character)."""
+    if isinstance(ignore, str):
+        return (ignore,)
+    if not isinstance(ignore, (list, tuple, set, frozenset)):
+        raise TypeError(f"ignore must be a name pattern or a list of them, got {type(ignore).__name__}")
+    for item in ignore:
+        if not isinstance(item, str):
+            kind = type(item).__name__
+            raise TypeError(f"ignore must be a name pattern or a list of them (strings), got {kind} in it")
+    return tuple(ignore)
+
+
 def _number(kind: type = float, optional: bool = False) -> tuple[type, ...]:
     return (int, float, type(None)) if optional and kind is float else (int, float) if kind is float else (kind,)
 
@@ -95,7 +108,7 @@ class PruneSettings:
             raise ValueError(f"tolerance must be positive, got {self.tolerance}")
         if self.verify and self.steps > 1:
             raise ValueError("verify checks a single-step prune; use steps=1")
-        self.ignore = tuple(self.ignore)
+        self.ignore = _patterns(self.ignore)
 
     def record(self) -> dict[str, Any]:
         """The settings a checkpoint stores (plain data: a custom importance is recorded as ``custom``)."""

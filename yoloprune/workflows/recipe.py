@@ -47,6 +47,8 @@ SCHEMA: dict[str, Any] = {
     "bench": {"threads": int, "runs": int},
     "expected": dict,
 }
+ITEMS: dict[str, type] = {"prune.ignore": str}
+"""What the entries of the recipe's lists must be, by key."""
 DEFAULTS: dict[str, Any] = {
     "name": "recipe",
     "description": "",
@@ -94,6 +96,11 @@ def _check(node: Any, schema: Any, where: str) -> None:
     if not isinstance(node, kinds):
         raise RecipeError(f"{where} must be {'/'.join(k.__name__ for k in kinds)}, got {type(node).__name__}")
     name = where.rpartition(".")[2]
+    if isinstance(node, (list, tuple)) and where in ITEMS:
+        for item in node:
+            if not isinstance(item, ITEMS[where]) or isinstance(item, bool):
+                kind = "bool" if isinstance(item, bool) else type(item).__name__
+                raise RecipeError(f"{where} must be a list of {ITEMS[where].__name__}, got {kind} in it")
     if name in SETTINGS and node is not None and (problem := number_problem(name, node)):
         raise RecipeError(f"{where} {problem}, got {node}")
 
@@ -146,7 +153,7 @@ def _check_amount(prune: dict[str, Any]) -> None:
         prune["target_macs"] = DEFAULT_TARGET_MACS
     try:
         PruneSettings(**prune)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise RecipeError(f"prune: {exc}") from None
 
 
