@@ -249,16 +249,64 @@ def load(path: str | Path) -> nn.Module:
     """Rebuild a pruned model from a checkpoint yoloprune wrote: the original config (checked), the pruning plan
     replayed onto it, and the saved weights. Only tensors and plain data are read from the file; no pickled object
     is created."""
+    from yoloprune.adapters.config_check import ConfigError
     from yoloprune.images import check_imgsz
     from yoloprune.io import load_data
 
     data = load_data(path)
-    section = data.get("yoloprune")
+    section = data.get("yoloprune") if isinstance(data, dict) else None
     if not isinstance(section, dict) or "plan" not in section:
         raise ValueError(f"{path} was not written by yoloprune (no pruning plan in it)")
     family = section_family(section, path)
+    check_section(section, path)
     check_imgsz(section.get("imgsz", 640))  # a crafted size must be refused before anything is allocated at it
-    return adapter(family).rebuild(section)
+    family_adapter = adapter(family)
+    try:
+        net = family_adapter.rebuild(section)
+    except ConfigError as exc:  # the stored config: named by the file it came from
+        raise ConfigError(f"{path}: its stored config: {exc}") from None
+    except RuntimeError as exc:  # load_state_dict: the saved weights do not fit the rebuilt network
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: its saved weights do not fit the model its section describes ({first})") from None
+    names = section.get("names")
+    if names and len(names) != family_adapter.classes(net):
+        raise ConfigError(
+            f"{path}: its yoloprune section names {len(names)} classes, "
+            f"but the head it describes predicts {family_adapter.classes(net)}"
+        )
+    return net
+
+
+def check_section(section: Mapping[str, Any], path: Any) -> None:
+    """The parts of yoloprune's section ``load`` rebuilds from, checked for shape before any is used: a config
+    mapping, a plan whose ``removed`` maps module names to channel indices, a state_dict mapping, class names
+    ``{0: name, 1: name, ...}``. Each refusal is one ``ConfigError`` line naming ``path``."""
+    from yoloprune.adapters.config_check import ConfigError
+
+    def refuse(what: str) -> ConfigError:
+        return ConfigError(f"{path}: its yoloprune section {what}")
+
+    if not isinstance(section.get("config"), dict):
+        raise refuse("has no model config" if "config" not in section else "has a config that is not a mapping")
+    plan = section.get("plan")
+    if not isinstance(plan, dict) or not isinstance(plan.get("removed"), dict):
+        raise refuse("has a plan that is not a pruning plan (a mapping with 'removed')")
+    for module, removed in plan["removed"].items():
+        if not isinstance(module, str) or not isinstance(removed, list):
+            raise refuse("has a plan whose 'removed' does not map module names to lists of channels")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in removed):
+            raise refuse(f"has a plan that removes channels of {module[:60]!r} by other than their indices")
+    if "sizes" in plan and not isinstance(plan["sizes"], dict):
+        raise refuse("has a plan whose 'sizes' is not a mapping")
+    if not isinstance(section.get("state_dict"), dict):
+        raise refuse("has no state_dict (a mapping of weights)")
+    names = section.get("names")
+    if names is None or names == {}:
+        return
+    if not isinstance(names, dict) or sorted(names, key=str) != sorted(range(len(names)), key=str):
+        raise refuse("has class names that are not {0: name, 1: name, ...}")
+    if not all(isinstance(v, str) for v in names.values()):
+        raise refuse("has class names that are not strings")
 
 
 __all__ = [
@@ -268,6 +316,7 @@ __all__ = [
     "Loaded",
     "Target",
     "adapter",
+    "check_section",
     "family_of_model",
     "load",
     "load_model",

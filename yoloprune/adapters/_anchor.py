@@ -22,7 +22,7 @@ from yoloprune.adapters.checkpoint import (
     set_requires_grad,
     write_checkpoint,
 )
-from yoloprune.adapters.config_check import ConfigError, check_anchor
+from yoloprune.adapters.config_check import NN_LAYERS, ConfigError, building, check_anchor
 from yoloprune.adapters.detect import class_names, family_of
 from yoloprune.adapters.packages import _REPO, quiet, require, source
 from yoloprune.graph.registry import Policy
@@ -80,6 +80,7 @@ class AnchorFamily:
     sticky_activation: bool = False  # parse_model sets ``Conv.default_act`` for good when a config names one
     policies: Mapping[Any, Policy] = field(default_factory=dict)
     on_load: Callable[[nn.Module, dict[str, Any], dict[str, Any]], nn.Module] | None = None  # fixes a read network
+    nn_layers: frozenset[str] = NN_LAYERS  # the ``nn.`` layers the family's parser gives channels or that keep them
 
     def yolo(self) -> Any:
         """The upstream ``models.yolo`` (the package's, or the clone's after ``use_repo``)."""
@@ -152,20 +153,28 @@ class AnchorFamily:
             path = self.config_path(spec)
             cfg, name = yaml.safe_load(path.read_text()), path.name
         where = name or "this config"
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"{where}: a model config must be a mapping")
-        cfg.pop(PLAN_KEY, None)
-        head = str(cfg["head"][-1][2]) if cfg.get("head") else ""
-        if head not in self.heads:
-            raise ValueError(self.unsupported.format(where=where, head=head))
-        check_anchor(cfg, where, yolo)
+        if isinstance(cfg, dict):
+            cfg.pop(PLAN_KEY, None)
+        head = self.check_config(cfg, where)
         if self.sticky_activation and not cfg.get("activation"):
             yolo.Conv.default_act = nn.SiLU()
-        with quiet(*self.loggers):
+        with quiet(*self.loggers), building(where, self.label):
             net = getattr(yolo, self.model_classes.get(head, self.model_class))(cfg)
         if name:
             net.yaml_file = name
         return net
+
+    def check_config(self, cfg: Any, where: str) -> str:
+        """Check a config (``check_anchor``) whose last head layer is one of the family's heads; returns that head."""
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{where}: a model config must be a mapping")
+        layers = cfg.get("head")
+        last = layers[-1] if isinstance(layers, list) and layers else None
+        head = str(last[2])[:40] if isinstance(last, (list, tuple)) and len(last) == 4 else ""
+        if head not in self.heads:
+            raise ConfigError(self.unsupported.format(where=where, head=head))
+        check_anchor(cfg, where, self.yolo(), self.nn_layers)
+        return head
 
     def load(self, spec: str) -> Loaded:
         """A network from a config (random weights) or a checkpoint (the EMA, else the model, in fp32 and
@@ -180,6 +189,10 @@ class AnchorFamily:
             raise ValueError(
                 f"{spec} is not a {self.label} detection checkpoint (its model is a {kind}); pass --family"
             )
+        cfg = getattr(self.network(net), "yaml", None)
+        if cfg is not None:  # what ``save`` writes for ``yoloprune.load``: refused now, not after pruning
+            stored = {k: v for k, v in cfg.items() if k != PLAN_KEY} if isinstance(cfg, dict) else cfg
+            self.check_config(stored, f"{spec}: its model.yaml")
         half = any(p.dtype == torch.float16 for p in net.parameters())
         for m in net.modules():  # checkpoints written by torch < 1.11
             if isinstance(m, nn.Upsample) and not hasattr(m, "recompute_scale_factor"):

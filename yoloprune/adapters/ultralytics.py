@@ -17,7 +17,7 @@ from torch import nn
 
 from yoloprune.adapters import Loaded, Target
 from yoloprune.adapters.checkpoint import carried_plan
-from yoloprune.adapters.config_check import check_ultralytics
+from yoloprune.adapters.config_check import ConfigError, building, check_ultralytics
 from yoloprune.graph.registry import FixupContext, Policy
 from yoloprune.images import Preprocess
 from yoloprune.io import load_checkpoint, save_atomic
@@ -130,7 +130,9 @@ def guarded(cfg: dict[str, Any]) -> dict[str, Any]:
 def unguarded(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` without the stock-trainer guard (the first layer's real name back)."""
     backbone = cfg.get("backbone")
-    if not backbone or backbone[0][2] != GUARD:
+    if not isinstance(backbone, list) or not backbone or not isinstance(backbone[0], (list, tuple)):
+        return cfg
+    if len(backbone[0]) != 4 or backbone[0][2] != GUARD:
         return cfg
     name = cfg.get(GUARD_KEY)
     if not isinstance(name, str):
@@ -172,15 +174,21 @@ def from_config(spec: str | dict) -> nn.Module:
             cfg = tasks.yaml_model_load(spec)
         except (FileNotFoundError, OSError) as exc:
             raise FileNotFoundError(f"no such model config: {spec}") from exc
+        except Exception as exc:  # YAML syntax, or a file that is no mapping: the reader's own error
+            raise ConfigError(f"{spec}: not a readable model config ({type(exc).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{spec if isinstance(spec, str) else 'this config'}: a model config must be a mapping")
     cfg.pop(PLAN_KEY, None)
-    name = str(cfg.get("yaml_file", spec if isinstance(spec, str) else ""))
-    check_ultralytics(cfg, name or "this config")
+    name = str(cfg.get("yaml_file", spec if isinstance(spec, str) else ""))[:200]
+    where = name or "this config"
+    check_ultralytics(cfg, where)
     if any(word in name.lower() for word in ("world", "yoloe", "rtdetr")):
         raise ValueError(f"{Path(name).name}: open-vocabulary and RT-DETR models are not supported yet")
-    task = tasks.guess_model_task(cfg)
-    if task not in TASK_MODELS:
-        raise ValueError(f"{name}: {task} models are not supported yet")
-    return getattr(tasks, TASK_MODELS[task])(cfg, verbose=False)
+    with building(where, "ultralytics"):
+        task = tasks.guess_model_task(cfg)
+        if task not in TASK_MODELS:
+            raise ConfigError(f"{where}: {task} models are not supported yet")
+        return getattr(tasks, TASK_MODELS[task])(cfg, verbose=False)
 
 
 def load(spec: str) -> Loaded:
@@ -195,11 +203,24 @@ def load(spec: str) -> Loaded:
         raise ValueError(f"{spec} is not an ultralytics checkpoint (its model is a {kind}); pass --family")
     _check_supported(net)
     net = unguard(net.float())
+    check_stored_config(net, spec)
     meta = {"train_args": _plain_settings(ckpt.get("train_args"))}
     section = ckpt.get(PLAN_KEY)
     if isinstance(section, dict):
         meta["pruning"] = {k: section[k] for k in ("version", "settings", "report") if k in section}
     return Loaded(net, "ultralytics", str(spec), meta)
+
+
+def check_stored_config(net: nn.Module, spec: Any) -> None:
+    """The config a checkpoint's network carries (``model.yaml``) is what ``save`` writes into yoloprune's section and
+    ``yoloprune.load`` rebuilds from: it is checked when the file is read, so a file whose config ``yoloprune.load``
+    would refuse is refused before any work, not written pruned."""
+    cfg = getattr(net, "yaml", None)
+    if cfg is not None:
+        cfg = unguarded(cfg) if isinstance(cfg, dict) else cfg
+        check_ultralytics(
+            {k: v for k, v in cfg.items() if k != PLAN_KEY} if isinstance(cfg, dict) else cfg, f"{spec}: its model.yaml"
+        )
 
 
 def _plain_settings(args: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from yoloprune.adapters._anchor import AnchorFamily, head_of
+from yoloprune.adapters.config_check import NN_LAYERS
 from yoloprune.graph.registry import FixupContext, Policy
 
 
@@ -75,6 +76,7 @@ _FAMILY = AnchorFamily(
     ),
     nms_heads=True,
     policies=POLICIES,
+    nn_layers=NN_LAYERS | {"Conv2d"},  # YOLOv7's parser gives nn.Conv2d its input channels
     checkpoint_keys=lambda meta: {"training_results": None, "wandb_id": None},
 )
 
