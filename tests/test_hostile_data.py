@@ -135,3 +135,17 @@ def test_a_huge_class_count_is_refused(tmp_path, nc):
     data.write_text(yaml.safe_dump(cfg))
     with pytest.raises(DatasetError, match=rf"nc: {nc} classes; at most 100000"):
         load_detection_set(data)
+
+
+def test_eval_of_a_segmentation_model_runs_no_download_script(dataset, tmp_path, elsewhere):
+    """``eval`` hands segment and pose models to ultralytics' validator for their mask or keypoint mAP."""
+    marker = tmp_path / "ran"
+    data = _hostile(dataset, tmp_path, _python_payload(marker))
+    for label in (data.parent / "labels").rglob("*.txt"):  # boxes as rectangle polygons
+        rows = [[float(v) for v in line.split()] for line in label.read_text().splitlines() if line.strip()]
+        corners = [(c, x - w / 2, y - h / 2, x + w / 2, y + h / 2) for c, x, y, w, h in rows]
+        label.write_text("".join(f"{int(c)} {a} {b} {d} {b} {d} {e} {a} {e}\n" for c, a, b, d, e in corners))
+    net = randomize(from_config({**from_config("yolov8n-seg.yaml").yaml, "nc": 3}))
+    model = save(Loaded(net, "ultralytics", "s", {"train_args": {}}), tmp_path / "seg.pt", {})
+    assert main(["eval", str(model), "--data", str(data), "--imgsz", "64", "--batch", "4"]) == 0
+    assert not marker.exists()

@@ -228,6 +228,19 @@ def trainer_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+TRAINER_DATA = "dataset.yaml"
+"""The name of the checked data yaml ``write_trainer_config`` writes into a run's folder."""
+
+
+def write_trainer_config(data: str | Path, folder: str | Path) -> Path:
+    """``trainer_config`` of a checked data yaml, written into ``folder`` (atomically) for ultralytics' trainer or
+    validator: the user's own yaml is never handed to ultralytics. Returns its absolute path."""
+    from yoloprune.io import write_atomic
+
+    text = yaml.safe_dump(trainer_config(data), sort_keys=False, allow_unicode=True).encode()
+    return write_atomic(Path(folder) / TRAINER_DATA, lambda f: f.write(text), overwrite=True).resolve()
+
+
 def _root(path: Path, cfg: dict[str, Any]) -> Path:
     """A data yaml's dataset folder: its ``path:`` relative to the yaml's own folder (that folder without one)."""
     if not isinstance(cfg.get("path") or "", str):

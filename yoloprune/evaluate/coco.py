@@ -279,8 +279,9 @@ def evaluate(
     map50_95, map50 = coco_map(dataset, results, [i for _, i in items])
     name = model if isinstance(model, (str, Path)) else type(model).__name__
     task = {}
-    if task_of(runner.net) in ("segment", "pose") and not isinstance(data, DetectionSet) and max_images is None:
-        task = task_metrics(runner.net, data, imgsz=imgsz, batch=batch, split=split)
+    from_yaml = "yaml" in dataset.extra and not isinstance(data, DetectionSet)
+    if task_of(runner.net) in ("segment", "pose") and from_yaml and max_images is None:
+        task = task_metrics(runner.net, dataset.source, imgsz=imgsz, batch=batch, split=split)
     return EvalResult(
         map50_95, map50, len(items), len(results), time.perf_counter() - start, str(name), dataset.source, imgsz, task
     )

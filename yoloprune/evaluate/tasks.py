@@ -31,11 +31,13 @@ def task_metrics(net: nn.Module, data: str | Path, *, imgsz: int, batch: int, sp
     included)."""
     from yoloprune.adapters.packages import quiet
     from yoloprune.adapters.ultralytics import _network, task_validator
+    from yoloprune.data.datasets import write_trainer_config
     from yoloprune.train.label_cache import label_cache_in
 
     net = copy.deepcopy(_network(net)).float()
-    args = {"data": str(data), "imgsz": imgsz, "batch": batch, "split": split, "device": "cpu", "workers": 0}
     with tempfile.TemporaryDirectory() as folder:
+        checked = write_trainer_config(data, folder)  # never the user's yaml: ultralytics would run its download
+        args = {"data": str(checked), "imgsz": imgsz, "batch": batch, "split": split, "device": "cpu", "workers": 0}
         validator = task_validator(net)(
             save_dir=Path(folder), args={**args, "plots": False, "verbose": False, "save_json": False}
         )

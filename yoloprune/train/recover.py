@@ -16,14 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from yoloprune.data.datasets import DatasetError, load_detection_set, trainer_config
+from yoloprune.data.datasets import DatasetError, load_detection_set, write_trainer_config
 from yoloprune.graph.plan import FORMAT
 from yoloprune.images import check_imgsz
 from yoloprune.io import load_checkpoint, save_atomic, write_atomic
 from yoloprune.options import check_numbers
 
 SETTINGS_FILE = "yoloprune_finetune.json"
-TRAINER_DATA = "dataset.yaml"  # the checked data yaml ultralytics' trainer reads (``trainer_config``), in the run
 
 
 @dataclass
@@ -293,7 +292,7 @@ def _finetune_ultralytics(
         args = {
             "resume": str(last),
             "model": str(last),
-            "data": str(_trainer_data(data, out)),
+            "data": str(write_trainer_config(data, out)),
             "save_dir": str(out.resolve()),
             "device": loop["device"],
             "workers": loop["workers"],
@@ -311,7 +310,7 @@ def _finetune_ultralytics(
         out.mkdir(parents=True, exist_ok=True)
         args = {
             "model": str(student if isinstance(student, Path) else write_checkpoint(student, out / "start.pt")),
-            "data": str(_trainer_data(data, out)),
+            "data": str(write_trainer_config(data, out)),
             "epochs": epochs,
             "imgsz": loop["imgsz"],
             "batch": loop["batch"],
@@ -373,15 +372,6 @@ def _finetune_ultralytics(
         params,
         metrics,
     )
-
-
-def _trainer_data(data: str | Path, out: Path) -> Path:
-    """The checked data yaml as ultralytics' trainer must read it (``trainer_config``: absolute paths, no
-    ``download`` script), written into the run folder: the user's own yaml is never handed to ultralytics."""
-    import yaml
-
-    text = yaml.safe_dump(trainer_config(data), sort_keys=False, allow_unicode=True).encode()
-    return write_atomic(out / TRAINER_DATA, lambda f: f.write(text), overwrite=True).resolve()
 
 
 def _recorded(teacher: Any) -> str | None:
