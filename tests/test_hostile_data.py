@@ -4,12 +4,15 @@ dataset's (where ultralytics resolves a relative ``path:`` differently from yolo
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import randomize
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from yoloprune.adapters import Loaded
 from yoloprune.adapters.ultralytics import from_config, save
@@ -149,3 +152,76 @@ def test_eval_of_a_segmentation_model_runs_no_download_script(dataset, tmp_path,
     model = save(Loaded(net, "ultralytics", "s", {"train_args": {}}), tmp_path / "seg.pt", {})
     assert main(["eval", str(model), "--data", str(data), "--imgsz", "64", "--batch", "4"]) == 0
     assert not marker.exists()
+
+
+# --- fuzz: any data yaml and any label text read as data, refused in one line or used ------------------------------
+
+_ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["images/val", "images/train", "..", "/etc", "/etc/passwd", "../images/val", "val.txt", "~"]),
+    st.lists(st.sampled_from(["images/val", "/etc/hostname", 3, None]), max_size=3),
+    st.dictionaries(st.integers(-2, 5) | st.text(max_size=3), st.text(max_size=4) | st.integers(), max_size=4),
+)
+_KEYS = ["path", "train", "val", "names", "nc", "kpt_shape", "download", "channels"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("fuzz") / "d", train=2, val=2, imgsz=32, classes=2, seed=4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(_KEYS), _ODD, max_size=4), drop=st.sets(st.sampled_from(_KEYS)))
+def test_any_data_yaml_is_used_or_refused_in_one_line(small, tmp_path, changes, drop):
+    marker = tmp_path / "ran"
+    cfg = {k: v for k, v in yaml.safe_load(small.read_text()).items() if k not in drop}
+    cfg.update(changes)
+    if "download" in cfg:
+        cfg["download"] = _python_payload(marker)
+    data = small.parent / "fuzzed.yaml"
+    data.write_text(yaml.safe_dump(cfg))
+    try:
+        dataset = load_detection_set(data)
+        config = trainer_config(data)
+    except DatasetError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert dataset.images and "download" not in config and Path(config["path"]).is_absolute()
+    assert not marker.exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet="0123456789 .-+einfa\n\t,e", max_size=60))
+def test_any_label_text_is_read_or_refused_naming_its_line(small, text):
+    label = sorted((small.parent / "labels" / "val").glob("*.txt"))[0]
+    kept = label.read_text()
+    label.write_text(text)
+    try:
+        dataset = load_detection_set(small)
+    except DatasetError as exc:
+        assert str(exc).startswith(str(label)) and "\n" not in str(exc)
+    else:
+        assert all(math.isfinite(v) for ann in dataset.coco.dataset["annotations"] for v in ann["bbox"])
+    finally:
+        label.write_text(kept)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"val": []}, "'val' names no images"),
+        ({"val": "images/val\nSECRET"}, "'val' must name a folder or an image list file (or a list of them)"),
+        ({"path": "d\x00"}, "'path' must be a folder name"),
+        ({"kpt_shape": ["a", 3]}, "kpt_shape must be [keypoints (1..1000), 2 or 3]"),
+    ],
+)
+def test_odd_data_yaml_values_are_refused_in_one_line(small, change, message):
+    data = small.parent / "odd.yaml"
+    data.write_text(yaml.safe_dump({**yaml.safe_load(small.read_text()), **change}))
+    with pytest.raises(DatasetError) as caught:
+        load_detection_set(data)
+    assert str(caught.value) == f"{data}: {message}"

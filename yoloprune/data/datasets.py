@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from yoloprune.images import IMAGE_SUFFIXES, image_size
+from yoloprune.options import MAX_CLASSES
 
 
 class DatasetError(ValueError):
@@ -171,6 +172,8 @@ def from_yaml(path: Path, split: str = "val") -> DetectionSet:
     root = _root(path, cfg)
     entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
     files = [file for entry in entries for file in _image_files(path, root, entry, split)]
+    if not files:
+        raise DatasetError(f"{path}: '{split}' names no images")
     keypoints = _keypoint_values(path, cfg.get("kpt_shape"))
     images, annotations = [], []
     for index, file in enumerate(files, 1):
@@ -243,8 +246,8 @@ def write_trainer_config(data: str | Path, folder: str | Path) -> Path:
 
 def _root(path: Path, cfg: dict[str, Any]) -> Path:
     """A data yaml's dataset folder: its ``path:`` relative to the yaml's own folder (that folder without one)."""
-    if not isinstance(cfg.get("path") or "", str):
-        raise DatasetError(f"{path}: 'path' must be a folder name, got {type(cfg['path']).__name__}")
+    if not isinstance(cfg.get("path") or "", str) or not (cfg.get("path") or "").isprintable():
+        raise DatasetError(f"{path}: 'path' must be a folder name")
     root = Path(cfg.get("path") or path.parent)
     return root if root.is_absolute() else (path.parent / root).resolve()
 
@@ -316,11 +319,6 @@ def _label_row(line: str, where: str, nc: int, keypoints: int) -> tuple[str, int
     return kind, cls, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
 
 
-MAX_CLASSES = 100_000
-"""The most classes a data yaml may declare (the largest public label sets have about 20,000): a yaml's ``nc`` is
-never a reason to build a billion names."""
-
-
 def _class_names(path: Path, cfg: dict[str, Any]) -> dict[int, str]:
     """A data yaml's classes as ultralytics reads them: ``names`` as a list or an index: name mapping, or ``nc``
     alone (``class_0``, ``class_1``, ...)."""
@@ -349,13 +347,16 @@ def _class_names(path: Path, cfg: dict[str, Any]) -> dict[int, str]:
 def _image_files(path: Path, root: Path, entry: Any, split: str) -> list[Path]:
     """The images one ``split`` entry of a data yaml names: a folder, or a text file listing images (relative to the
     dataset root), as ultralytics reads them."""
-    if not isinstance(entry, str) or not entry.strip():
+    if not isinstance(entry, str) or not entry.strip() or not entry.isprintable():
         raise DatasetError(f"{path}: '{split}' must name a folder or an image list file (or a list of them)")
     source = root / entry
     if source.is_file():
         files = _listed_images(source, root)
     elif source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:  # a folder that changes or refuses while it is listed (/proc, a mount going away)
+            raise DatasetError(f"{path}: cannot list the {split} images in {source}: {exc.strerror}") from None
     else:
         raise DatasetError(f"{path}: {split} images not found at {source} (nothing is downloaded)")
     if not files:
