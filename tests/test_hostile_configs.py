@@ -276,7 +276,11 @@ def _mutate(cfg: dict[str, Any], field: str, layer: int, slot: int, value: Any) 
     elif field == "scales":
         cfg["scales"] = {"n": value}
     elif field == "scale entry":
-        cfg["scales"]["n"][slot % 3] = value
+        entry = cfg["scales"].get("n") if isinstance(cfg.get("scales"), dict) else None
+        if isinstance(entry, list) and entry:
+            entry[slot % len(entry)] = value
+        else:  # an earlier mutation replaced the scales: start a fresh entry
+            cfg["scales"] = {"n": [value, 0.25, 1024]}
     elif field == "activation":
         cfg["activation"] = value if not isinstance(value, (int, float)) else f"nn.LeakyReLU({value!r})"
     else:

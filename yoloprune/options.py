@@ -17,6 +17,9 @@ COMPARABLE = ("recon",)  # criteria whose scores compare across layers: ranked g
 AGGREGATES = ("mean", "sum", "max")  # how a group combines its layers' scores
 COSTS = ("macs", "latency")  # what a global ranking charges a channel: the MACs or measured ms its removal saves
 SWEEP_BY = ("macs", "latency")  # what a sweep's targets are fractions of: MACs or the measured latency
+MAX_CLASSES = 100_000
+"""The most classes a model, a data yaml or an exported file may declare (shipped configs use 1 to 1000; the largest
+public label sets about 20,000): a count read from a file is never a reason to build a billion of anything."""
 
 
 def resolve_importance(importance: Any, calibrated: bool) -> Any:

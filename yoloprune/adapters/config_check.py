@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from yoloprune.options import MAX_CLASSES
 from yoloprune.unpickle import literal_call
 
 
@@ -50,8 +51,6 @@ MAX_CHANNELS = 8192
 and the bound on any other integer argument: shipped configs reach 1280 (1024 x 1.25) and 2048 (RT-DETR)."""
 MAX_MULTIPLE = 4.0
 """``depth_multiple``/``width_multiple`` and a scale's depth and width: shipped configs use 0.25 to 1.5."""
-MAX_CLASSES = 100_000
-"""``nc``: shipped configs use 1 to 1000 (ImageNet classifiers)."""
 MAX_KEYPOINTS = 512
 """``kpt_shape[0]``: shipped pose configs use 17; ``kpt_shape[1]`` must be 2 or 3."""
 MAX_INPUT_CHANNELS = 16
@@ -164,8 +163,13 @@ def _number(cfg: Mapping[str, Any], key: str, where: str, low: float, high: floa
     value = cfg.get(key, default)
     if value is None and default is None:
         return None
+    return _in_range(value, key, where, low, high)
+
+
+def _in_range(value: Any, what: str, where: str, low: float, high: float) -> float:
+    """``value``, refused unless a number in (low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-        raise ConfigError(f"{where}: {key} must be a number in ({low:g}, {high:g}], not {_short(value)}")
+        raise ConfigError(f"{where}: {what} must be a number in ({low:g}, {high:g}], not {_short(value)}")
     return value
 
 
@@ -191,8 +195,8 @@ class _Scale:
             if not isinstance(entry, (list, tuple)) or len(entry) != 3:
                 raise ConfigError(f"{where}: scales[{name[:20]!r}] must be [depth, width, max_channels]")
             at = f"{where}: scales[{name[:20]!r}]"
-            _number({"depth": entry[0]}, "depth", at, 0, MAX_MULTIPLE)
-            _number({"width": entry[1]}, "width", at, 0, MAX_MULTIPLE)
+            _in_range(entry[0], "depth", at, 0, MAX_MULTIPLE)
+            _in_range(entry[1], "width", at, 0, MAX_MULTIPLE)
             _integer(entry[2], "max_channels", at, 1, MAX_CHANNELS)
         scale = cfg.get("scale") or next(iter(table))
         if not isinstance(scale, str) or scale not in table:

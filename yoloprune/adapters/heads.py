@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-MAX_CLASSES = 10_000
+from yoloprune.options import MAX_CLASSES
+
 PLAN_CLASSES = "classes"  # in a plan: the class count the head was given after the channels were removed
 
 

@@ -22,7 +22,7 @@ from yoloprune.data.datasets import DatasetError, DetectionSet, load_detection_s
 from yoloprune.evaluate.tasks import task_metrics, task_of
 from yoloprune.graph.nest import tensors_in
 from yoloprune.images import Preprocess, check_imgsz, letterbox, read_image, to_tensor
-from yoloprune.options import check_numbers
+from yoloprune.options import MAX_CLASSES, check_numbers
 
 MAX_NMS = 30000
 
@@ -133,7 +133,6 @@ def runner_for(model: Any, family: str | None = None, imgsz: int | None = None) 
 
 
 LAYOUTS = ("xywh-class", "xywh-obj-class", "end2end", "nms")
-MAX_CLASSES = 100_000
 
 
 def _onnx_runner(path: Path, imgsz: int | None = None) -> Runner:
