@@ -271,9 +271,6 @@ def test_one_ignore_string_is_one_pattern():
         PruneSettings(ignore=[["model.2"]])
 
 
-@pytest.mark.xfail(
-    reason="yoloprune.workflows.pipeline.prune passes tuple(ignore) to PruneSettings, splitting a string", strict=False
-)
 def test_prune_api_takes_one_ignore_string():
     net = _model()
     report = yoloprune.prune(net, torch.zeros(1, 3, 64, 64), ratio=0.3, ignore="model.2*")

@@ -405,8 +405,11 @@ RUN_DEFAULTS = {"epochs": 10, "imgsz": 640, "batch": 16}
 
 def _resumed_settings(out: Path, saved: dict[str, Any], **given: Any) -> tuple[int, int, int]:
     """The epochs, image size and batch a resumed run in ``out`` was started with. A setting given now that differs
-    from the run's own is refused: a resume continues the run as it was set up (start over to change it)."""
+    from the run's own is refused: a resume continues the run as it was set up (start over to change it). A folder
+    with no record (not a yoloprune run) is resumed as its checkpoint says, ``given`` passed through unchecked."""
     recorded = saved.get("args") or saved.get("settings") or {}
+    if not recorded:
+        return given["epochs"], given["imgsz"], given["batch"]
     for key, value in given.items():
         if value is not None and recorded.get(key, RUN_DEFAULTS.get(key)) != value:
             was = f"its {key}={recorded[key]}" if key in recorded else f"no {key} setting"

@@ -54,7 +54,7 @@ def prune(
     ratio: float | None = None,
     importance: str | Callable[..., Any] = "auto",
     seed: int = 0,
-    ignore: Sequence[str] = (),
+    ignore: str | Sequence[str] = (),
     *,
     settings: PruneSettings | None = None,
     taylor_loss: Callable[[nn.Module], Any] | None = None,
@@ -100,7 +100,7 @@ def prune(
     """
     start = time.perf_counter()
     if settings is None:
-        settings = PruneSettings(ratio=ratio, importance=importance, seed=seed, ignore=tuple(ignore), **options)
+        settings = PruneSettings(ratio=ratio, importance=importance, seed=seed, ignore=ignore, **options)
     elif ratio is not None or options:
         raise ValueError("give either settings or options, not both")
     if settings.importance == "taylor" and taylor_loss is None and data is not None:
