@@ -225,3 +225,18 @@ def test_odd_data_yaml_values_are_refused_in_one_line(small, change, message):
     with pytest.raises(DatasetError) as caught:
         load_detection_set(data)
     assert str(caught.value) == f"{data}: {message}"
+
+
+def test_a_fifo_among_the_images_is_not_opened(small, tmp_path):
+    """A named pipe called ``zzz.jpg`` would block the reader forever: only regular files are images."""
+    import os
+
+    from yoloprune.images import list_images
+
+    fifo = small.parent / "images" / "val" / "zzz.jpg"
+    os.mkfifo(fifo)
+    try:
+        assert fifo not in load_detection_set(small).images and len(load_detection_set(small).images) == 2
+        assert fifo not in list_images(small.parent / "images" / "val")
+    finally:
+        fifo.unlink()

@@ -354,7 +354,7 @@ def _image_files(path: Path, root: Path, entry: Any, split: str) -> list[Path]:
         files = _listed_images(source, root)
     elif source.is_dir():
         try:
-            files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         except OSError as exc:  # a folder that changes or refuses while it is listed (/proc, a mount going away)
             raise DatasetError(f"{path}: cannot list the {split} images in {source}: {exc.strerror}") from None
     else:
