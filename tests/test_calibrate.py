@@ -68,6 +68,31 @@ def test_reconstruction_brings_the_pruned_outputs_back_toward_the_original(train
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in plain.parameters()]  # architecture as pruned
 
 
+def test_one_pass_reconstruction_equals_a_pass_per_layer(trained_like, images, monkeypatch):
+    """Refitting each layer as one pass over every image reaches it gives the weights that passes stopping at each
+    layer give (the same sampled positions; only the order of floating-point sums may differ)."""
+    from yoloprune.pruning import calibrate
+
+    calib = calibration_batches(images[0], IMGSZ, images=12, batch=5)  # batches of 5, 5 and 2 images
+    pruned = copy.deepcopy(trained_like)
+    report = yoloprune.prune(pruned, torch.zeros(1, 3, IMGSZ, IMGSZ), target_macs=0.6)
+    one, each = copy.deepcopy(pruned), copy.deepcopy(pruned)
+    assert calibrate._fits_in_one_pass(one, calib)
+    first = reconstruct(one, trained_like, calib, report.removed)
+    monkeypatch.setattr(calibrate, "ONE_PASS_BYTES", 0)
+    assert not calibrate._fits_in_one_pass(each, calib)
+    second = reconstruct(each, trained_like, calib, report.removed)
+    assert first.layers == second.layers > 20
+    assert first.error_after == pytest.approx(second.error_after, rel=1e-4)
+    for (name, a), b in zip(one.state_dict().items(), each.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())), name
+    changed = [
+        n for n, a in one.state_dict().items() if a.is_floating_point() and not torch.equal(a, pruned.state_dict()[n])
+    ]
+    assert len(changed) >= first.layers  # the refits happened (weights, and biases or norm means)
+
+
 def test_norm_statistics_are_re_estimated_on_the_images(images):
     net = randomize(from_config({**from_config("yolov8n.yaml").yaml, "nc": 3}))
     first = net.model[0].bn
