@@ -22,6 +22,7 @@ from yoloprune.export.split_convs import split_convs as give_parts_own_convs
 from yoloprune.graph.nest import tensors_in
 from yoloprune.images import Preprocess, check_imgsz, list_images, load_batch, sample_image
 from yoloprune.io import write_atomic
+from yoloprune.options import MAX_IMGSZ
 
 DEFAULT_OPSET = 17  # torch 2.14's TorchScript exporter; the dynamo exporter wrote an invalid Split at opset 17
 MIN_OPSET = 11  # measured with torch 2.14: Upsample fails below 9, YOLOX's strided slices below 10, --nms below 11
@@ -237,6 +238,8 @@ def session(data: bytes | str | Path, threads: int = 0, imgsz: int | None = None
         options.inter_op_num_threads = 1
     source = data if isinstance(data, bytes) else str(data)
     what = "the exported model" if isinstance(data, bytes) else str(data)
+    if not isinstance(data, bytes):  # a file given by the user: no loop that spins for ever, no tensor of GBs
+        check_graph(data, imgsz)
     try:
         s = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
@@ -335,12 +338,111 @@ def _quantize(data: bytes, calib: str | Path, imgsz: int, spec: Preprocess) -> b
         return dst.read_bytes()
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata an ONNX file carries; a clear error for a file that is not ONNX (or cut short)."""
+def _load(path: str | Path) -> Any:
+    """The ModelProto of an ONNX file without its external data (which may point anywhere); a clear error for a file
+    that is not ONNX (or cut short)."""
     from google.protobuf.message import DecodeError
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except DecodeError:
         raise ValueError(f"{path} is not a readable ONNX file (truncated, or not ONNX at all)") from None
-    return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata an ONNX file carries; a clear error for a file that is not ONNX (or cut short)."""
+    return {p.key: p.value for p in _load(path).metadata_props}
+
+
+CONTROL_FLOW = ("Loop", "Scan")
+"""Operators that repeat a subgraph: a detector export (every family, with or without NMS) has none, and a ``Loop``
+with a trip count of 10**15 would spin for ever. (``If``, which torch writes into NMS exports, runs a branch once;
+its branches are checked like the main graph.)"""
+MAX_TENSOR = 1 << 28
+"""The most elements one tensor of an ONNX file may hold at batch one (1 GiB of fp32), unless the input image itself
+is larger than 1/64 of it: YOLO's largest feature maps (stride 2, up to 80 channels) are under 30 times the image."""
+
+
+def check_graph(path: str | Path, imgsz: int | None = None) -> None:
+    """Refuse an ONNX file given by the user before onnxruntime runs it: a control-flow operator anywhere (subgraphs
+    and functions included), or a tensor (inferred at batch one and ``imgsz``, a ``ConstantOfShape``'s constant shape,
+    an initializer) of more than ``MAX_TENSOR`` elements, so a tiny file can neither hang nor take gigabytes. External
+    data is never read here."""
+    proto = _load(path)
+    graphs, constants = _graphs(proto), {}
+    for graph in graphs:
+        for node in graph.node:
+            if node.op_type in CONTROL_FLOW:
+                raise ValueError(
+                    f"{path}: it holds a {node.op_type} node (a loop); detector exports have none, "
+                    "refusing a file that could run for ever"
+                )
+        for tensor in getattr(graph, "initializer", ()):  # a function has none
+            constants[tensor.name] = tensor
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+                if value is not None:
+                    constants[node.output[0]] = value
+    inputs = [v for v in proto.graph.input if v.name not in constants]
+    size = imgsz or 640
+    if imgsz is None and inputs:
+        dims = inputs[0].type.tensor_type.shape.dim
+        size = dims[-1].dim_value if len(dims) == 4 and dims[-1].HasField("dim_value") else 640
+    limit = max(MAX_TENSOR, 64 * 3 * min(size, MAX_IMGSZ) ** 2)
+
+    def check(count: int, what: str) -> None:
+        if count > limit:
+            raise ValueError(
+                f"{path}: {what} holds {count:,} elements (more than {limit:,}); refusing a file that asks for more "
+                "memory than a detector needs"
+            )
+
+    for tensor in constants.values():
+        check(_product(tensor.dims), "a constant tensor")
+    for graph in graphs:
+        for node in graph.node:
+            if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
+                try:
+                    shape = onnx.numpy_helper.to_array(constants[node.input[0]])
+                except Exception:  # external or malformed data: onnxruntime says why when it loads the file
+                    continue
+                check(_product(int(d) for d in np.asarray(shape).reshape(-1)), "a ConstantOfShape node")
+    for value in inputs:  # what yoloprune feeds: batch one, 3 x imgsz x imgsz
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1 if i == 0 else 3 if i == 1 else size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # onnx's InferenceError, ValidationError: onnxruntime says why when it loads the file
+        return
+    for graph in _graphs(inferred):
+        producers = {out: node.op_type for node in graph.node for out in node.output}
+        for value in (*getattr(graph, "input", ()), *getattr(graph, "value_info", ()), *getattr(graph, "output", ())):
+            dims = value.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                op = producers.get(value.name, "")
+                what = f"a {op} node's output" if onnx.defs.has(op) else "a tensor"  # never a name the file chose
+                check(_product(d.dim_value for d in dims), what)
+
+
+def _graphs(proto: Any) -> list[Any]:
+    """Every graph of a model: its main graph, the subgraphs of its nodes' attributes, and its functions' bodies."""
+    found, stack = [], [proto.graph]
+    stack.extend(proto.functions)
+    while stack:
+        graph = stack.pop()
+        found.append(graph)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+    return found
+
+
+def _product(dims: Any) -> int:
+    total = 1
+    for d in dims:
+        total *= max(int(d), 0)
+    return total
