@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ from yoloprune.io import write_atomic
 from yoloprune.options import SWEEP_BY, check_numbers
 
 KEY_FILE = "sweep.json"  # what the points in a sweep folder were computed with
+MAX_POINT_BYTES = 1 << 20  # a record this sweep writes is under 1 KB
 FIELDS = ["target", "macs", "params", "map50_95", "map50", "latency_p50_ms", "checkpoint", "onnx", "seconds"]
 
 
@@ -45,15 +47,39 @@ class Point:
 
 
 def read_point(path: Path) -> Point:
-    """A point record this sweep wrote; anything else (a damaged or hand-edited file) is refused by name."""
+    """A point record this sweep wrote; anything else (a damaged, hand-edited or forged file) is refused by name, in
+    one line that never repeats what the file holds: numbers that are not finite (a latency that is not positive),
+    or an ONNX file outside the sweep folder (``path``'s folder's parent), which would be loaded and timed."""
+    gone = f"; delete {path} to compute the point again"
     try:
-        point = Point(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{path} is not a sweep point ({problem}); delete it to compute the point again") from None
-    numbers = (point.target, point.macs, point.params, point.map50_95, point.map50, point.latency_p50_ms)
+        if path.stat().st_size > MAX_POINT_BYTES:
+            raise ValueError(f"larger than {MAX_POINT_BYTES:,} bytes")
+        fields = json.loads(path.read_text())
+        point = Point(**fields)
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        problem = str(exc).splitlines()[0] if isinstance(exc, (ValueError, TypeError)) and str(exc) else ""
+        if not problem or "unexpected keyword" in problem:  # that names a key the file chose
+            problem = "a field that is not a sweep point's" if problem else type(exc).__name__
+        raise ValueError(f"{path} is not a sweep point ({problem[:200]}){gone}") from None
+    numbers = (point.target, point.macs, point.params, point.map50_95, point.map50, point.latency_p50_ms, point.seconds)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
-        raise ValueError(f"{path} is not a sweep point (a field that should be a number is not); delete it")
+        raise ValueError(f"{path} is not a sweep point (a field that should be a number is not){gone}")
+    if not all(abs(v) < 1e18 if isinstance(v, int) else math.isfinite(v) for v in numbers):
+        raise ValueError(f"{path} is not a sweep point (a number that is not finite){gone}")
+    if point.latency_p50_ms <= 0 or not 0 < point.target <= 1 or min(point.macs, point.params, point.seconds) < 0:
+        raise ValueError(
+            f"{path} is not a sweep point (a latency that is not positive, or a target, count or time "
+            f"out of range){gone}"
+        )
+    if not isinstance(point.onnx, str) or not isinstance(point.checkpoint, str):
+        raise ValueError(f"{path} is not a sweep point (its file names are not strings){gone}")
+    folder = path.resolve().parent.parent
+    try:
+        inside = Path(point.onnx).resolve().is_relative_to(folder) if point.onnx else False
+    except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop
+        inside = False
+    if not inside:
+        raise ValueError(f"{path}: its ONNX file is not inside the sweep folder {folder}; refusing to time it{gone}")
     return point
 
 
