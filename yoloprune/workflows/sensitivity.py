@@ -21,6 +21,9 @@ import numpy as np
 from yoloprune.io import write_atomic
 from yoloprune.options import check_numbers
 
+MAX_RATIOS_BYTES = 16 << 20  # a ratios.json this module writes: well under 1 MB
+MAX_UNITS = 100_000  # units (stages or groups) a ratios.json may name
+
 OUTPUTS = ("sensitivity.csv", "sensitivity.json", "sensitivity.png", "ratios.json")
 """What an analysis writes into its folder."""
 
@@ -144,7 +147,27 @@ def read_ratios(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "ratios.json"
     if not path.is_file():
         raise FileNotFoundError(f"no ratios.json in {folder}; run `yoloprune sensitivity` first")
-    return json.loads(path.read_text())
+    bad = f"{path} is not a ratios.json that `yoloprune sensitivity` writes"
+    try:
+        if path.stat().st_size > MAX_RATIOS_BYTES:
+            raise ValueError(f"larger than {MAX_RATIOS_BYTES:,} bytes")
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and json's errors are ValueErrors
+        problem = str(exc).splitlines()[0][:200] if isinstance(exc, ValueError) and str(exc) else type(exc).__name__
+        raise ValueError(f"{bad} ({problem}); run `yoloprune sensitivity` again") from None
+    from yoloprune.pruning.settings import UNITS
+
+    if not isinstance(data, dict) or not isinstance(data.get("ratios"), dict) or data.get("by") not in UNITS:
+        raise ValueError(
+            f"{bad} (it needs 'ratios', a mapping of units to ratios, and 'by', one of {', '.join(UNITS)})"
+        )
+    ratios = data["ratios"]
+    if len(ratios) > MAX_UNITS or not all(isinstance(k, str) and 0 < len(k) <= 200 for k in ratios):
+        raise ValueError(f"{bad} (its ratios are not keyed by at most {MAX_UNITS:,} unit names)")
+    for value in ratios.values():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{bad} (a ratio that is not a number from 0 to below 1)")
+    return data
 
 
 def _write(out: Path, rows: list[Row], base: float, by: str, overwrite: bool) -> None:
