@@ -193,10 +193,10 @@ def _damage_coco(coco: dict, damage: str) -> None:
         ("image id twice", "image id 1 appears more than once"),
         ("annotation id twice", "annotation id 1 appears more than once"),
         ("category id twice", "category id 1 appears more than once"),
-        ("image without id", "image #1 has no integer 'id' (got None)"),
-        ("NaN box", "annotation 1 has a malformed bbox [nan, "),
-        ("negative width", "annotation 1 has a malformed bbox ["),
-        ("text in box", "annotation 1 has a malformed bbox ["),
+        ("image without id", "image #1 has no integer 'id' (of at most 18 digits)"),
+        ("NaN box", "annotation 1 has a malformed 'bbox' (want four finite numbers"),
+        ("negative width", "annotation 1 has a malformed 'bbox' (want four finite numbers"),
+        ("text in box", "annotation 1 has a malformed 'bbox' (want four finite numbers"),
     ],
 )
 def test_bad_coco_files_fail_naming_the_file(dataset, tmp_path, capsys, damage, message):

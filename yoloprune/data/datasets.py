@@ -71,11 +71,15 @@ def _coco(dataset: dict[str, Any]) -> Any:
 
 
 def from_coco(path: Path, images: str | Path | None = None) -> DetectionSet:
-    """A COCO annotation file; images are looked up in ``images`` or in the usual folders around the file."""
+    """A COCO annotation file; images are looked up in ``images`` or in the usual folders around the file. A
+    malformed entry is named by its list and id (or position), never by what it holds."""
     try:
         dataset = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path} is not readable JSON: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # json's and the codec's errors are ValueErrors
+        problem = str(exc).splitlines()[0][:200] if isinstance(exc, ValueError) and str(exc) else type(exc).__name__
+        raise DatasetError(f"{path} is not readable JSON: {problem}") from None
+    if not isinstance(dataset, dict):
+        raise DatasetError(f"{path} is not a COCO detection file: not a JSON object")
     for key in ("images", "annotations", "categories"):
         if not isinstance(dataset.get(key), list):
             raise DatasetError(f"{path} is not a COCO detection file: no '{key}' list")
@@ -90,18 +94,24 @@ def from_coco(path: Path, images: str | Path | None = None) -> DetectionSet:
     _require_text(path, dataset["images"], "image", "file_name")
     _require_text(path, dataset["categories"], "category", "name")
     for ann in dataset["annotations"]:
-        if int(ann.get("category_id", -1)) not in known:
-            raise DatasetError(f"{path}: annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}")
-        if int(ann.get("image_id", -1)) not in image_ids:
-            raise DatasetError(f"{path}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
+        where = f"{path}: annotation {ann['id']}"  # an integer of at most 18 digits (``_unique_ids``)
+        ann["category_id"] = _integer(ann.get("category_id"), f"{where} has a 'category_id' that is not an integer")
+        if ann["category_id"] not in known:
+            raise DatasetError(f"{where} has unknown category_id {ann['category_id']}")
+        ann["image_id"] = _integer(ann.get("image_id"), f"{where} has an 'image_id' that is not an integer")
+        if ann["image_id"] not in image_ids:
+            raise DatasetError(f"{where} refers to unknown image {ann['image_id']}")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_finite, bbox)) and min(bbox[2:]) >= 0):
             raise DatasetError(
-                f"{path}: annotation {ann.get('id')} has a malformed bbox {bbox} (want finite x, y, width, height; "
-                "width and height >= 0)"
+                f"{where} has a malformed 'bbox' (want four finite numbers x, y, width, height; width and height >= 0)"
             )
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", bbox[2] * bbox[3])
+        if ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], float):
+            raise DatasetError(f"{where} has an 'iscrowd' that is not 0 or 1")
+        if not _finite(ann["area"]) or ann["area"] < 0:
+            raise DatasetError(f"{where} has an 'area' that is not a finite number >= 0")
     root = _image_root(path, dataset["images"][0]["file_name"], images)
     files, ids = [], []
     for im in dataset["images"]:
@@ -116,8 +126,23 @@ def from_coco(path: Path, images: str | Path | None = None) -> DetectionSet:
     return DetectionSet(files, ids, _coco(dataset), category_ids, names, str(path))
 
 
+MAX_ID = 10**18
+"""The largest COCO id (or category_id, image_id) accepted: ids are echoed in messages, so they stay short."""
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any, problem: str) -> int:
+    """``value`` as an int: an integer, a whole float (1.0) or a string of digits up to ``MAX_ID``; else a
+    ``DatasetError`` saying ``problem`` (which never repeats the value)."""
+    digits = isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18
+    if digits or (_finite(value) and float(value).is_integer()):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not -MAX_ID <= value <= MAX_ID:
+        raise DatasetError(problem)
+    return value
 
 
 def _unique_ids(path: Path, entries: list[Any], kind: str) -> list[int]:
@@ -126,8 +151,8 @@ def _unique_ids(path: Path, entries: list[Any], kind: str) -> list[int]:
     seen: set[int] = set()
     for n, entry in enumerate(entries):
         value = entry.get("id") if isinstance(entry, dict) else None
-        if not (isinstance(value, int) and not isinstance(value, bool)):
-            raise DatasetError(f"{path}: {kind} #{n} has no integer 'id' (got {value!r})")
+        if not (isinstance(value, int) and not isinstance(value, bool) and -MAX_ID <= value <= MAX_ID):
+            raise DatasetError(f"{path}: {kind} #{n} has no integer 'id' (of at most 18 digits)")
         if value in seen:
             raise DatasetError(f"{path}: {kind} id {value} appears more than once")
         seen.add(value)
@@ -136,10 +161,12 @@ def _unique_ids(path: Path, entries: list[Any], kind: str) -> list[int]:
 
 
 def _require_text(path: Path, entries: list[dict[str, Any]], kind: str, key: str) -> None:
-    """Every entry of a COCO list (each known to have an ``id``) has a non-empty string ``key``."""
+    """Every entry of a COCO list (each known to have an ``id``) has a non-empty string ``key`` of at most 4096
+    printable characters."""
     for entry in entries:
-        if not isinstance(entry.get(key), str) or not entry[key]:
-            raise DatasetError(f"{path}: {kind} {entry['id']} has no '{key}'")
+        value = entry.get(key)
+        if not isinstance(value, str) or not value or len(value) > 4096 or not value.isprintable():
+            raise DatasetError(f"{path}: {kind} {entry['id']} has no '{key}' (a line of at most 4096 characters)")
 
 
 def _image_root(path: Path, first: str, images: str | Path | None) -> Path:
@@ -168,6 +195,8 @@ def from_yaml(path: Path, split: str = "val") -> DetectionSet:
         raise DatasetError(f"{path} is not a readable yaml: {exc}") from exc
     if not isinstance(cfg, dict) or split not in cfg:
         raise DatasetError(f"{path} needs a '{split}' entry")
+    if "channels" in cfg and (cfg["channels"] != 3 or isinstance(cfg["channels"], bool)):
+        raise DatasetError(f"{path}: yoloprune reads every image as 3 channels (BGR); 'channels' must be 3 or absent")
     names = _class_names(path, cfg)
     root = _root(path, cfg)
     entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
