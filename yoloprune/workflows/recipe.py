@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from yoloprune.io import check_output, write_atomic
+from yoloprune.io import OversizedSection, check_output, check_sections, write_atomic
 from yoloprune.options import SETTINGS, number_problem, parse_assignment
 from yoloprune.pruning.settings import AMOUNTS, PruneSettings
 from yoloprune.workflows.pipeline import default_teacher, recover
@@ -76,6 +76,10 @@ DEFAULTS: dict[str, Any] = {
 DEFAULT_TARGET_MACS = 0.5
 
 
+MAX_RECIPE_BYTES = 1 << 20
+"""The largest recipe file read (one is a few hundred bytes)."""
+
+
 class RecipeError(ValueError):
     """A recipe that does not validate."""
 
@@ -117,10 +121,16 @@ def load_recipe(path: str | Path, sets: list[str] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such recipe: {path}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path} is larger than {MAX_RECIPE_BYTES:,} bytes; a recipe is a few hundred")
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path} is not valid yaml: {exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise RecipeError(f"{path} is not valid yaml: {_yaml_problem(exc)}") from None
+    try:  # before any work: a free-form section (expected:) of yaml anchors may stand for billions of values
+        check_sections(path, recipe)
+    except OversizedSection as exc:
+        raise RecipeError(str(exc)) from None
     _check(recipe, SCHEMA, "")
     for item in sets:
         try:
@@ -144,6 +154,16 @@ def load_recipe(path: str | Path, sets: list[str] = ()) -> dict[str, Any]:
     _check_amount(resolved["prune"])
     _check_sizes(resolved)
     return resolved
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """What is wrong with a yaml file and where, in one line without the file's text (yaml's own message quotes the
+    offending line)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    text = "".join(c for c in str(problem).splitlines()[0] if c.isprintable()) if str(problem) else type(exc).__name__
+    return f"{text[:120]}{where}"
 
 
 def _check_amount(prune: dict[str, Any]) -> None:
