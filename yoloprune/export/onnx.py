@@ -359,8 +359,8 @@ CONTROL_FLOW = ("Loop", "Scan")
 with a trip count of 10**15 would spin for ever. (``If``, which torch writes into NMS exports, runs a branch once;
 its branches are checked like the main graph.)"""
 MAX_TENSOR = 1 << 28
-"""The most elements one tensor of an ONNX file may hold at batch one (1 GiB of fp32), unless the input image itself
-is larger than 1/64 of it: YOLO's largest feature maps (stride 2, up to 80 channels) are under 30 times the image."""
+"""The most elements one tensor of an ONNX file may hold at batch one (1 GiB of fp32), or 64 times the input image's,
+whichever is more: YOLO's largest feature maps (stride 2, up to 80 channels) are under 30 times the image."""
 
 
 def check_graph(path: str | Path, imgsz: int | None = None) -> None:
@@ -402,12 +402,14 @@ def check_graph(path: str | Path, imgsz: int | None = None) -> None:
         check(_product(tensor.dims), "a constant tensor")
     for graph in graphs:
         for node in graph.node:
-            if node.op_type == "ConstantOfShape" and node.input and node.input[0] in constants:
-                try:
-                    shape = onnx.numpy_helper.to_array(constants[node.input[0]])
-                except Exception:  # external or malformed data: onnxruntime says why when it loads the file
-                    continue
-                check(_product(int(d) for d in np.asarray(shape).reshape(-1)), "a ConstantOfShape node")
+            shape = constants.get(node.input[0]) if node.op_type == "ConstantOfShape" and node.input else None
+            if shape is None or shape.data_location == onnx.TensorProto.EXTERNAL or _product(shape.dims) > 8:
+                continue  # external data is never read here (it may point anywhere); a shape has a few entries
+            try:
+                shape = onnx.numpy_helper.to_array(shape)
+            except Exception:  # malformed data: onnxruntime says why when it loads the file
+                continue
+            check(_product(int(d) for d in np.asarray(shape).reshape(-1)), "a ConstantOfShape node")
     for value in inputs:  # what yoloprune feeds: batch one, 3 x imgsz x imgsz
         for i, dim in enumerate(value.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value"):
