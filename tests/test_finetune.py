@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import socket
 
@@ -100,11 +101,31 @@ def test_interrupted_run_resumes(pair, data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         finetune(pruned, data, epochs=2, out=tmp_path / "r", callbacks={"on_fit_epoch_end": stop}, **FAST)
-    for changed, message in ({"epochs": 3}, "its epochs=2\\); epochs=3 would"), ({"lr0": 0.5}, "no lr0 setting"):
+    refused = [
+        ({"epochs": 3}, "its epochs=2\\); epochs=3 would"),
+        ({"lr0": 0.5}, "no lr0 setting"),
+        ({"kd_weight": 5.0}, "its kd_weight=1.0\\); kd_weight=5.0 would"),
+        ({"teacher": str(pruned)}, "its teacher=None\\); teacher="),
+    ]
+    for changed, message in refused:
         with pytest.raises(ValueError, match=rf"--resume continues the run in .* \({message}"):
             finetune(None, data, out=tmp_path / "r", resume=True, **changed)  # refused, not silently ignored
-    result = finetune(None, data, epochs=2, out=tmp_path / "r", resume=True)
+    run, last = tmp_path / "r", tmp_path / "r" / "weights" / "last.pt"
+    kept = last.read_bytes()
+    ckpt = torch.load(last, weights_only=False)
+    ckpt["train_args"]["imgsz"] = 160  # what ultralytics' resume would train at
+    torch.save(ckpt, last)
+    with pytest.raises(ValueError, match=r"last.pt: its imgsz \(160\) is not the run's recorded 64"):
+        finetune(None, data, out=run, resume=True)
+    last.write_bytes(kept)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    record = json.loads((run / "yoloprune_finetune.json").read_text())
+    record["args"]["model"], record["start_fitness"] = str(secret), 1e9  # "no epoch beats the start": copy it
+    (run / "yoloprune_finetune.json").write_text(json.dumps(record))
+    result = finetune(None, data, epochs=2, out=run, resume=True)
     assert result.epochs == 2 and result.params == params
+    assert result.best.read_bytes() != secret.read_bytes() and yoloprune.load(result.best) is not None
 
 
 def test_a_model_of_another_class_list_learns_the_datas_classes(data, tmp_path, capsys):

@@ -240,3 +240,53 @@ def test_a_fifo_among_the_images_is_not_opened(small, tmp_path):
         assert fifo not in list_images(small.parent / "images" / "val")
     finally:
         fifo.unlink()
+
+
+# --- run folders: a fine-tune writes inside -o only and reads back only a record of the right shape ----------------
+
+
+def test_a_run_folder_holding_a_link_is_refused(model, dataset, tmp_path):
+    from yoloprune.train import finetune
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("user data")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.csv").symlink_to(victim)
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=r"results.csv is a symbolic link: a run folder must hold no links"):
+            finetune(None if resume else model, dataset / "data.yaml", out=run, resume=resume, epochs=1, imgsz=64)
+    assert victim.read_text() == "user data"
+
+
+def test_the_data_yaml_is_never_the_file_finetune_writes(model, dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    mine = run / "dataset.yaml"
+    mine.write_text((dataset / "data.yaml").read_text())
+    before = mine.read_bytes()
+    assert main(["finetune", str(model), "--data", str(mine), "-o", str(run), "--epochs", "1", "--imgsz", "64"]) == 2
+    assert "refusing to overwrite the input" in capsys.readouterr().err and mine.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ("[1, 2]", "not a settings record (a JSON object)"),
+        ('"str"', "not a settings record (a JSON object)"),
+        ('{"args": [1]}', "'args' is not a mapping"),
+        ("{bad", "is not a readable settings record (JSON)"),
+        ('{"kd_weight": "nan"}', "'kd_weight' is not a number in [0, 1e6]"),
+        ('{"settings": {"bogus": 1}}', "'settings' holds keys other than"),
+        ('{"settings": {"lr0": "abc"}}', "'lr0' is not a learning rate"),
+        ('{"args": {"imgsz": 1e99}}', "'imgsz' is not a whole number"),
+    ],
+)
+def test_a_damaged_run_record_is_refused_naming_it(dataset, tmp_path, capsys, record, message):
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    (run / "yoloprune_finetune.json").write_text(record)
+    assert main(["finetune", "--resume", "-o", str(run), "--data", str(dataset / "data.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"yoloprune finetune: error: {run / 'yoloprune_finetune.json'}") and message in err, err
+    assert len(err.splitlines()) == 1

@@ -635,11 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="runs/finetune", metavar="DIR", help="run folder (runs/finetune)")
     p.add_argument("--epochs", type=_count(AT_LEAST["epochs"]), help="epochs (10; --resume keeps the run's)")
     p.add_argument("--teacher", help="unpruned checkpoint to distil from")
-    p.add_argument("--kd-weight", type=float, default=1.0, help="distillation loss weight (1.0)")
-    p.add_argument("--sparsity", type=float, default=0.0, help="sparsity training strength (0: off)")
+    p.add_argument("--kd-weight", type=float, help="distillation loss weight (1.0)")
+    p.add_argument("--sparsity", type=float, help="sparsity training strength (0: off)")
     p.add_argument(
         "--sparsity-kind",
-        default="bn",
         choices=("bn", "group"),
         help="bn: BN-L1 (network slimming); group: group lasso",
     )

@@ -16,13 +16,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from yoloprune.data.datasets import DatasetError, load_detection_set, write_trainer_config
+from yoloprune.data.datasets import TRAINER_DATA, DatasetError, load_detection_set, write_trainer_config
 from yoloprune.graph.plan import FORMAT
 from yoloprune.images import check_imgsz
 from yoloprune.io import load_checkpoint, save_atomic, write_atomic
 from yoloprune.options import check_numbers
-
-SETTINGS_FILE = "yoloprune_finetune.json"
+from yoloprune.train.run_folder import (
+    IN_MEMORY,
+    RUN_DEFAULTS,
+    SETTINGS_FILE,
+    START_FILE,
+    TRAINING_DEFAULTS,
+    check_checkpoint_agrees,
+    check_no_links,
+    read_record,
+    resumed_settings,
+)
 
 
 @dataclass
@@ -43,9 +52,6 @@ class FinetuneResult:
         return out
 
 
-IN_MEMORY = "(in memory)"  # what the settings record for a teacher given as a module
-
-
 def _ultralytics_module(model: Any) -> Any:
     """A path as it is (refused when it is no file), a module as the ultralytics network it holds."""
     if isinstance(model, (str, Path)):
@@ -62,9 +68,10 @@ def _ultralytics_module(model: Any) -> Any:
 
 def check_inputs(out: Path, inputs: dict[str, Any]) -> None:
     """Refuse an input file (``{flag: path}``) that a fine-tune into ``out`` writes or, started over, replaces:
-    anything in ``out/weights`` (the trainer's checkpoints), ``out/start.pt`` and ``out/teacher.pt``."""
+    anything in ``out/weights`` (the trainer's checkpoints), the start, the teacher and the checked data yaml it
+    writes beside them."""
     weights = (out / "weights").resolve()
-    written = {(out / name).resolve() for name in ("start.pt", "teacher.pt")}
+    written = {(out / name).resolve() for name in (START_FILE, "teacher.pt", TRAINER_DATA)}
     for flag, given in inputs.items():
         path = Path(given).resolve() if isinstance(given, (str, Path)) else None
         if path is not None and (path in written or path.is_relative_to(weights)):
@@ -134,9 +141,9 @@ def finetune(
     *,
     epochs: int | None = None,
     teacher: Any = None,
-    kd_weight: float = 1.0,
-    sparsity: float = 0.0,
-    sparsity_kind: str = "bn",
+    kd_weight: float | None = None,
+    sparsity: float | None = None,
+    sparsity_kind: str | None = None,
     imgsz: int | None = None,
     batch: int | None = None,
     device: str = "cpu",
@@ -165,22 +172,32 @@ def finetune(
     With ``teacher`` (the unpruned model, path or module) on labelled data, ``kd_weight`` x distillation on the
     head outputs is added to the detection loss. Results go to ``out``: ``weights/best.pt`` and ``last.pt`` (fp32,
     with the pruning plan; the family's own format outside ultralytics; distillation on images writes ``best.pt``
-    only). ``epochs``, ``imgsz`` and ``batch`` default to 10, 640 and 16. With ``resume`` an interrupted labelled run
-    continues from ``out/weights/last.pt`` with the settings it was started with (giving another is refused); a
-    finished or interrupted run in ``out`` is only started over with ``overwrite``.
+    only). ``epochs``, ``imgsz``, ``batch``, ``kd_weight``, ``sparsity`` and ``sparsity_kind`` default to
+    ``run_folder.RUN_DEFAULTS`` and ``TRAINING_DEFAULTS``. With ``resume`` an interrupted labelled run continues from
+    ``out/weights/last.pt`` with the settings it was started with (giving another is refused); a finished or
+    interrupted run in ``out`` is only started over with ``overwrite``. A run folder holding links is refused.
     """
     start = time.perf_counter()
     out = Path(out)
-    saved = _saved(out) if resume else {}
+    check_no_links(out)
+    saved = read_record(out) if resume else {}
+    given = {
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "lr0": lr0,
+        "teacher": teacher,
+        "kd_weight": kd_weight,
+        "sparsity": sparsity,
+        "sparsity_kind": sparsity_kind,
+        **overrides,
+    }
     if resume:
-        epochs, imgsz, batch = _resumed_settings(
-            out, saved, epochs=epochs, imgsz=imgsz, batch=batch, lr0=lr0, **overrides
-        )
-    epochs, imgsz, batch = (
-        epochs or RUN_DEFAULTS["epochs"],
-        imgsz or RUN_DEFAULTS["imgsz"],
-        batch or RUN_DEFAULTS["batch"],
-    )
+        chosen = resumed_settings(out, saved, given)
+    else:
+        chosen = {k: ({**RUN_DEFAULTS, **TRAINING_DEFAULTS}.get(k) if v is None else v) for k, v in given.items()}
+    epochs, imgsz, batch, lr0 = chosen["epochs"], chosen["imgsz"], chosen["batch"], chosen["lr0"]
+    kd_weight, sparsity, sparsity_kind = chosen["kd_weight"], chosen["sparsity"], chosen["sparsity_kind"]
     if epochs < 1 or batch < 1:
         raise ValueError("epochs and batch must be >= 1")
     check_imgsz(imgsz)
@@ -190,8 +207,7 @@ def finetune(
     if str(overrides.get("cache")).lower() == "disk":
         raise ValueError("--train-set cache=disk writes .npy files beside the dataset's images; use cache=ram")
     check_overrides(overrides)
-    if not resume:
-        check_inputs(out, {"MODEL": model, "--teacher": teacher})
+    check_inputs(out, {"--data": data} if resume else {"MODEL": model, "--teacher": teacher, "--data": data})
     images = Path(data).is_dir()
     names: list[str] = []
     if images:
@@ -268,7 +284,6 @@ def _finetune_ultralytics(
         read_checkpoint,
         start_fitness,
         trainer_for,
-        write_checkpoint,
     )
 
     epochs = loop["epochs"]
@@ -276,17 +291,14 @@ def _finetune_ultralytics(
     if resume and not last.is_file():
         raise FileNotFoundError(f"nothing to resume: {last} does not exist")
     # every file is read (and refused, when it must be) here, before anything is written or handed to the trainer
-    read = [
-        read_checkpoint(p)[0] if isinstance(p, (str, Path)) else None for p in ((last,) if resume else (model, teacher))
-    ]
+    files = (last,) if resume else (model, teacher)
+    read = [read_checkpoint(p) if isinstance(p, (str, Path)) else None for p in files]
     if resume:
-        net = read[0]
+        net, ckpt = read[0]
+        check_checkpoint_agrees(last, saved, ckpt.get("train_args"))
         recorded = saved.get("teacher")
         teacher = _resumed_teacher(recorded, teacher)
         teacher = _ultralytics_module(teacher) if isinstance(teacher, nn.Module) else teacher
-        kd_weight = float(saved.get("kd_weight", kd_weight))
-        sparsity = float(saved.get("sparsity") or 0.0)
-        sparsity_kind = str(saved.get("sparsity_kind") or "bn")
         # the run continues with the checkpoint's own settings, except where it writes and what it reads: those
         # come from this call, so a run folder from elsewhere cannot send outputs or loads outside it
         args = {
@@ -302,14 +314,14 @@ def _finetune_ultralytics(
         }
     else:
         student = _ultralytics_module(model)
-        net = read[0] if read[0] is not None else student
+        net = read[0][0] if read[0] is not None else student
         if (transferred := with_classes(net, "ultralytics", names)) is not net:
             student = transferred
         teacher = _ultralytics_module(teacher) if teacher is not None else None
         recorded = _recorded(teacher)
         out.mkdir(parents=True, exist_ok=True)
         args = {
-            "model": str(student if isinstance(student, Path) else write_checkpoint(student, out / "start.pt")),
+            "model": str(_start_file(student, out)),
             "data": str(write_trainer_config(data, out)),
             "epochs": epochs,
             "imgsz": loop["imgsz"],
@@ -345,8 +357,8 @@ def _finetune_ultralytics(
     best, last = weights / "best.pt", weights / "last.pt"
     start_score = saved.get("start_fitness")
     trained = getattr(trainer, "best_fitness", None)
-    if isinstance(start_score, float) and (trained is None or start_score >= float(trained)):
-        start_file = Path(saved.get("args", {}).get("model", out / "start.pt"))
+    if isinstance(start_score, (int, float)) and (trained is None or start_score >= float(trained)):
+        start_file = out / START_FILE  # only ever the run's own copy, whatever a record says
         if start_file.is_file():  # no epoch beat the model it was given: that is the best
             data_of_start = start_file.read_bytes()
             write_atomic(best, lambda f: f.write(data_of_start), overwrite=True)
@@ -374,6 +386,17 @@ def _finetune_ultralytics(
     )
 
 
+def _start_file(student: Any, out: Path) -> Path:
+    """The run's own copy of the model it starts from (a checkpoint's bytes, or a module written as one): what the
+    trainer loads, and what keep-best hands back when no epoch beats it."""
+    from yoloprune.train.ultralytics_trainer import write_checkpoint
+
+    if isinstance(student, Path):
+        data = student.read_bytes()
+        return write_atomic(out / START_FILE, lambda f: f.write(data), overwrite=True)
+    return write_checkpoint(student, out / START_FILE)
+
+
 def _recorded(teacher: Any) -> str | None:
     """What the settings and checkpoints record of a teacher: its path, or ``IN_MEMORY`` for a module."""
     return None if teacher is None else IN_MEMORY if isinstance(teacher, nn.Module) else str(teacher)
@@ -397,32 +420,6 @@ def _loop_device(device: str) -> str:
             "the loop under torchrun for several GPUs"
         )
     return f"cuda:{text}" if text.isdigit() else text
-
-
-RUN_DEFAULTS = {"epochs": 10, "imgsz": 640, "batch": 16}
-"""What a fine-tune runs with when not told (a resumed run keeps what it was started with)."""
-
-
-def _resumed_settings(out: Path, saved: dict[str, Any], **given: Any) -> tuple[int, int, int]:
-    """The epochs, image size and batch a resumed run in ``out`` was started with. A setting given now that differs
-    from the run's own is refused: a resume continues the run as it was set up (start over to change it). A folder
-    with no record (not a yoloprune run) is resumed as its checkpoint says, ``given`` passed through unchecked."""
-    recorded = saved.get("args") or saved.get("settings") or {}
-    if not recorded:
-        return given["epochs"], given["imgsz"], given["batch"]
-    for key, value in given.items():
-        if value is not None and recorded.get(key, RUN_DEFAULTS.get(key)) != value:
-            was = f"its {key}={recorded[key]}" if key in recorded else f"no {key} setting"
-            raise ValueError(
-                f"--resume continues the run in {out} as it was started ({was}); {key}={value} would change it: "
-                "start over with --overwrite instead"
-            )
-    numbers = [recorded.get(key, default) for key, default in RUN_DEFAULTS.items()]
-    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
-        raise ValueError(
-            f"{out / SETTINGS_FILE} records settings that are not whole numbers; start over with --overwrite"
-        )
-    return numbers[0], numbers[1], numbers[2]
 
 
 def _own_copy(model: Any) -> Any:
@@ -517,9 +514,9 @@ def _finetune_family(
     if resume:
         if not last.is_file() or not state_path.is_file():
             raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
-        saved = _saved(out)
-        model, settings = last, {**settings, **saved["settings"]}
-        teacher = teacher if teacher is not None else _resumed_teacher(saved.get("teacher"), None)
+        saved = read_record(out)
+        model, settings = last, {**settings, **saved.get("settings", {})}
+        teacher = _resumed_teacher(saved.get("teacher"), teacher)
         state = load_checkpoint(state_path)
     loaded = _own_copy(model)
     if names:
@@ -581,12 +578,6 @@ def _loop_result(best: Path, last: Path, result: Any, start: float, net: nn.Modu
         sum(p.numel() for p in net.parameters()),
         {"train/loss": result.last_loss, "train/steps": result.steps},
     )
-
-
-def _saved(out: Path) -> dict[str, Any]:
-    """The settings a fine-tune recorded in ``out`` (empty when it recorded none)."""
-    path = out / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def save_atomic_json(path: Path, data: dict[str, Any]) -> None:
