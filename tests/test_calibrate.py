@@ -164,18 +164,28 @@ def test_reconstruction_puts_the_lost_offset_into_the_following_norm():
     assert pruned[1].bias is None
 
 
-def test_with_calibration_images_the_default_ranks_by_recon_error_per_mac(trained_like, images):
+def test_with_calibration_images_the_default_keeps_the_allocation_that_holds_up_on_held_out_images(
+    trained_like, images
+):
+    """Ranked by recon error, pruned and calibrated both ways (across layers per MAC, and uniformly); the copy whose
+    detections on images past the calibration ones agree better with the unpruned model's becomes the model."""
     x = torch.zeros(1, 3, IMGSZ, IMGSZ)
     with pytest.raises(ValueError, match="needs calibration images"):
         yoloprune.prune(copy.deepcopy(trained_like), x, target_macs=0.7, importance="recon")
     net = copy.deepcopy(trained_like)
-    report = yoloprune.prune(net, x, target_macs=0.7, calib=images[0], calib_images=16)  # the default with images
-    assert report.settings["importance"] == "recon" and report.settings["global_ranking"] is True
+    report = yoloprune.prune(net, x, target_macs=0.7, calib=images[0], calib_images=12)  # the default with images
+    allocation = report.settings["allocation"]
+    assert report.settings["importance"] == "recon" and allocation["images"] == 4 and allocation["held_out"]
+    assert set(allocation["fidelity"]) == {"global", "uniform"}
+    assert allocation["fidelity"][allocation["chosen"]] == max(allocation["fidelity"].values())
+    assert report.settings["global_ranking"] is (allocation["chosen"] == "global")
     assert abs(report.macs_ratio - 0.7) < 0.02
-    plain = copy.deepcopy(trained_like)
-    yoloprune.prune(plain, x, target_macs=0.7, importance="l2", calib=images[0], calib_images=16)
-    held_out = calibration_batches(images[1], IMGSZ, images=8)
-    assert output_error(net, trained_like, held_out) < output_error(plain, trained_like, held_out)
+    again = copy.deepcopy(trained_like)  # the chosen way, asked for: the same network
+    yoloprune.prune(
+        again, x, target_macs=0.7, calib=images[0], calib_images=12, global_ranking=report.settings["global_ranking"]
+    )
+    for (name, a), b in zip(net.state_dict().items(), again.state_dict().values()):
+        assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-6), name
 
 
 def test_every_step_is_calibrated_against_the_network_it_found(trained_like, images):
@@ -204,3 +214,18 @@ def test_every_step_is_calibrated_against_the_network_it_found(trained_like, ima
     assert report.settings["calibration"]["steps"] == 2 and sum("calibrated on" in n for n in report.notes) == 2
     to_found, to_original = output_error(net, found["net"], held_out), output_error(net, trained_like, held_out)
     assert to_found < 0.5 * to_original, (to_found, to_original)
+
+
+def test_fidelity_scores_detections_against_the_references_confident_ones():
+    from yoloprune.evaluate.fidelity import fidelity_map
+
+    truth = [torch.tensor([[10.0, 10, 50, 50, 0.9, 0], [60, 60, 90, 90, 0.8, 1]]), torch.zeros(0, 6)]
+    assert fidelity_map(truth, truth) == pytest.approx(1.0)
+    assert fidelity_map(truth, [torch.zeros(0, 6), torch.zeros(0, 6)]) == 0.0
+    assert fidelity_map([torch.zeros(0, 6)], [torch.zeros(0, 6)]) == 1.0
+    shifted = [t.clone() for t in truth]
+    shifted[0][:, :4] += 6  # IoU 0.65 and 0.47 with the reference's boxes
+    assert 0 < fidelity_map(truth, shifted) < 0.6
+    wrong_class = [t.clone() for t in truth]
+    wrong_class[0][:, 5] = 1 - wrong_class[0][:, 5]
+    assert fidelity_map(truth, wrong_class) == 0.0

@@ -8,6 +8,8 @@ with pycocotools (any family; YOLOv5/v7 fine-tune in yoloprune's loop, whose per
 - ``bn``: ``l2``, then norm statistics re-estimated on the calibration images;
 - ``calib-l2``: ``l2`` (every group losing the same fraction), then calibrated (``calib=DIR``: least-squares
   reconstruction, statistics when they help);
+- ``uniform``: what ``yoloprune prune --uniform --calib DIR`` does (ranked by refit error, every group losing the
+  same fraction), then calibrated;
 - ``default``: what ``yoloprune prune --calib DIR`` does (``importance=auto``: channels ranked across layers by the
   error their removal leaves after refitting, per MAC saved; then calibration).
 
@@ -43,9 +45,12 @@ def prune_variant(base, x, variant: str, target: float, calib_dir: Path, images:
 
     kind, _, criterion = variant.partition("-")
     net = copy.deepcopy(base)
-    options = {"target_macs": target, "round_to": 8, "importance": criterion or ("auto" if kind == "default" else "l2")}
-    if kind in ("calib", "default"):
+    automatic = kind in ("default", "uniform")
+    options = {"target_macs": target, "round_to": 8, "importance": criterion or ("auto" if automatic else "l2")}
+    if kind in ("calib", "default", "uniform"):
         options.update(calib=str(calib_dir), calib_images=images)
+    if kind == "uniform":  # --uniform --calib: every group loses the same fraction, ranked by refit error
+        options.update(global_ranking=False)
     start = time.perf_counter()
     report = yoloprune.prune(net, x, **options)
     if kind == "bn":

@@ -55,12 +55,24 @@ def calibration_batches(
     folder: str | Path, imgsz: int, spec: Preprocess | None = None, images: int = 64, batch: int = 8
 ) -> list[torch.Tensor]:
     """Up to ``images`` letterboxed images of a folder (sorted by name), in batches."""
-    try:
-        paths = list_images(folder)[:images]
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"--calib {folder}: {exc}") from None
+    paths = calibration_images(folder)[:images]
     if not paths:
         raise ValueError(f"--calib {folder}: no images there")
+    return image_batches(paths, imgsz, spec, batch)
+
+
+def calibration_images(folder: str | Path) -> list[Path]:
+    """The images of a calibration folder, sorted by name (an error names the folder)."""
+    try:
+        return list_images(folder)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"--calib {folder}: {exc}") from None
+
+
+def image_batches(
+    paths: Sequence[Path], imgsz: int, spec: Preprocess | None = None, batch: int = 8
+) -> list[torch.Tensor]:
+    """``paths`` read and letterboxed to ``imgsz`` as the model's preprocessing ``spec`` says, in batches."""
     spec = spec or Preprocess()
     tensors = [to_tensor(letterbox(read_image(p), imgsz, spec.fill)[0], spec) for p in paths]
     return [torch.cat(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
