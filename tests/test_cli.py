@@ -114,3 +114,25 @@ def test_run_takes_key_value_overrides_as_set():
     args, extra = parser.parse_known_args(["run", "r.yaml", "--set", "prune.ratio=0.2", "finetune.epochs=3"])
     _take_overrides(parser, args, extra)
     assert args.set == ["prune.ratio=0.2", "finetune.epochs=3"]
+
+
+def test_imgsz_defaults_to_the_size_the_checkpoint_was_trained_at(tmp_path, capsys):
+    """A model trained at 96 px is traced, pruned and evaluated at 96 unless told otherwise, and the command says
+    so; a size far from it gets a note (the demo's baseline was calibrated at 640 in 16 minutes instead of 3)."""
+    from yoloprune.adapters import Loaded
+    from yoloprune.adapters.ultralytics import from_config, save
+
+    model = save(
+        Loaded(from_config("yolov8n.yaml"), "ultralytics", "m", {"train_args": {"imgsz": 96}}), tmp_path / "m.pt", {}
+    )
+    assert main(["inspect", str(model)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{model} (ultralytics, 96x96")
+    assert captured.err.strip() == f"yoloprune: --imgsz 96, the size {model} was trained at"
+    assert main(["inspect", str(model), "--imgsz", "320"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{model} (ultralytics, 320x320")
+    assert captured.err.strip() == f"yoloprune: note: --imgsz 320, but {model} was trained at 96"
+    assert main(["inspect", "yolov8n.yaml"]) == 0  # a config says nothing: 640, silently
+    captured = capsys.readouterr()
+    assert captured.out.startswith("yolov8n.yaml (ultralytics, 640x640") and not captured.err

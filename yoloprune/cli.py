@@ -75,6 +75,7 @@ def _prune(args: argparse.Namespace) -> int:
         prune_head=args.prune_head,
         family=args.family,
     )
+    _size_for(args)
     from yoloprune.adapters import load_model
     from yoloprune.workflows.pipeline import prune_to_file, summary
 
@@ -167,6 +168,7 @@ def _export(args: argparse.Namespace) -> int:
     from yoloprune.export.onnx import check_opset, export_onnx
 
     check_opset(args.opset, args.int8)
+    _size_for(args)
     loaded = load_model(args.model, args.family)
     pruning = loaded.meta.get("pruning")
     result = export_onnx(
@@ -195,6 +197,7 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from yoloprune.export.bench import bench
 
+    _size_for(args)
     result = bench(args.model, imgsz=args.imgsz, threads=_threads(args), runs=args.runs, warmup=args.warmup)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result)
     return 0
@@ -215,6 +218,8 @@ def _finetune(args: argparse.Namespace) -> int:
         setattr(args, key, str(value) if key == "device" else value)
     from yoloprune.train import finetune
 
+    if not args.resume:
+        _size_for(args)
     with folder_lock(args.output):
         result = finetune(
             args.model,
@@ -248,6 +253,7 @@ def _finetune(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from yoloprune.evaluate.coco import evaluate
 
+    _size_for(args)
     result = evaluate(
         args.model,
         args.data,
@@ -281,6 +287,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     targets = parse_fractions(args.targets, "--targets")
     settings = _settings(args.train_set)
+    _size_for(args)
     with folder_lock(args.output):
         points = sweep(
             args.model,
@@ -340,6 +347,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
     with folder_lock(args.output):
         if any((Path(args.output) / name).exists() for name in OUTPUTS) and not args.overwrite:
             raise ValueError(f"{args.output} holds a sensitivity analysis; pass --overwrite to replace it")
+        _size_for(args)
         rows = analyse(
             args.model,
             args.data,
@@ -387,6 +395,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from yoloprune.graph import build
     from yoloprune.images import example_input
 
+    _size_for(args)
     loaded = load_model(args.model, args.family)
     target = resolve(loaded.model, family=loaded.family, prune_head=args.prune_head)
     start = time.perf_counter()
@@ -525,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="list a model's coupled channel groups (members, size, frozen and why)")
     p.add_argument("model", help="model config, zoo name (yolox-s) or checkpoint")
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size to trace at (default 640)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"input size to trace at ({TRAINED})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
     p.add_argument("--prune-head", action="store_true", help="let the detection head's inner layers be pruned")
@@ -576,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_count(1), default=16, help="batch size for fine-tuning between steps (16)")
     p.add_argument("--max-drop", type=float, help="stop the steps when mAP50-95 drops more than this")
     p.add_argument("--seed", type=int, default=0, help="seed for random importance")
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size for tracing and MACs (640)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"input size for tracing and MACs ({TRAINED})")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB", help="keep these modules' channels")
     p.add_argument("--prune-head", action="store_true", help="also prune the detection head's inner layers")
     p.add_argument(
@@ -589,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export to ONNX, verified against PyTorch on a real image")
     p.add_argument("model", help="checkpoint or config")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size (640)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"input size ({TRAINED})")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17; 11..20, 13..20 with --int8)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch and image size")
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True, help="run onnxslim (on)")
@@ -615,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="MACs, params and CPU latency (onnxruntime and PyTorch)")
     p.add_argument("model", help="checkpoint, config or .onnx file")
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="input size (640)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"input size ({TRAINED})")
     p.add_argument(
         "--threads", type=_count(1), default=None, help="intra-op threads for both runtimes (default: every core here)"
     )
@@ -642,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("bn", "group"),
         help="bn: BN-L1 (network slimming); group: group lasso",
     )
-    p.add_argument("--imgsz", type=_imgsz, help="training size (640; --resume keeps the run's)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"training size ({TRAINED}; --resume keeps the run's)")
     p.add_argument("--batch", type=_count(AT_LEAST["batch"]), help="batch size (16; --resume keeps the run's)")
     p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 for DDP (cpu)")
     p.add_argument("--lr0", type=float, help="initial learning rate (ultralytics' default)")
@@ -663,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="COCO mAP50-95 / mAP50 with pycocotools (checkpoints, configs, .onnx files)")
     p.add_argument("model", help="checkpoint, config or .onnx file")
     p.add_argument("--data", required=True, help="data yaml, COCO annotation JSON, or a dataset folder")
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="inference size (640)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"inference size ({TRAINED})")
     p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold (0.001)")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU (0.7)")
@@ -697,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-weight", type=float, default=1.0, help="distillation weight when fine-tuning (1.0)")
     _ranking_options(p)
     p.add_argument("--round-to", type=_count(1), default=8, help="keep pruned widths multiples of N (8)")
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="size for evaluation, export and latency (640)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"size for evaluation, export and latency ({TRAINED})")
     p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
     p.add_argument(
         "--threads", type=_count(1), default=None, help="onnxruntime threads for latency (default: every core here)"
@@ -729,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", default="0.25,0.5,0.75", help="ratios to try per unit (0.25,0.5,0.75)")
     p.add_argument("--by", default="stage", choices=("stage", "group"), help="unit of analysis (stage)")
     p.add_argument("--target-macs", type=float, default=0.5, help="MACs fraction to allocate ratios for (0.5)")
-    p.add_argument("--imgsz", type=_imgsz, default=640, help="evaluation size (640)")
+    p.add_argument("--imgsz", type=_imgsz, help=f"evaluation size ({TRAINED})")
     p.add_argument("--batch", type=_count(1), default=16, help="batch size (16)")
     p.add_argument("--max-images", type=_count(1), help="evaluate on the first N validation images only")
     p.add_argument("--overwrite", action="store_true", help="replace the analysis a previous run left in -o")
@@ -834,6 +843,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         use_repo(args.repo)
     with trusting(getattr(args, "trust", False)):
         return args.func(args)
+
+
+TRAINED = "default: the size the checkpoint was trained at, else 640"
+"""What ``--imgsz`` is when not given, for every command that reads a model."""
+FAR_FROM_TRAINED = 2.0  # an --imgsz this many times larger or smaller than the training size is worth a word
+
+
+def _size_for(args: argparse.Namespace) -> None:
+    """``--imgsz`` when not given: the size the checkpoint says it was trained at (ultralytics and YOLOv5 record it;
+    yoloprune keeps it), else 640, said on stderr; a given size far from the training size gets a note there too."""
+    from yoloprune.adapters import trained_imgsz
+
+    model = getattr(args, "model", None)
+    trained = trained_imgsz(model) if model and Path(model).suffix.lower() in (".pt", ".pth") else None
+    if args.imgsz is None:
+        args.imgsz = trained or 640
+        if trained:
+            print(f"yoloprune: --imgsz {trained}, the size {model} was trained at", file=sys.stderr)
+    elif trained and max(args.imgsz, trained) >= FAR_FROM_TRAINED * min(args.imgsz, trained):
+        print(f"yoloprune: note: --imgsz {args.imgsz}, but {model} was trained at {trained}", file=sys.stderr)
 
 
 def _failed(args: argparse.Namespace, what: str) -> None:

@@ -239,6 +239,31 @@ def load_model(spec: str, family: str | None = None) -> Loaded:
     return adapter(family).load(spec)
 
 
+def trained_imgsz(path: str | Path) -> int | None:
+    """The image size a checkpoint says it was trained (or pruned) at: yoloprune's section, ultralytics'
+    ``train_args`` or YOLOv5/YOLOv7's ``opt``; None when it says none, or the file cannot be read as plain data (its
+    loader then says why)."""
+    from yoloprune.io import load_data
+    from yoloprune.options import check_imgsz
+
+    try:
+        data = load_data(path)
+    except (ValueError, OSError, RuntimeError):
+        return None
+    candidates = []
+    for key, entry in (("yoloprune", "imgsz"), ("train_args", "imgsz"), ("opt", "imgsz"), ("opt", "img_size")):
+        holder = data.get(key)
+        if isinstance(holder, dict):
+            candidates.append(holder.get(entry))
+    for value in candidates:
+        value = value[0] if isinstance(value, list) and value else value
+        try:
+            return check_imgsz(value)
+        except ValueError:
+            continue
+    return None
+
+
 def save_model(loaded: Loaded, path: str | Path, section: dict[str, Any], overwrite: bool = False) -> Path:
     """Write ``loaded.model`` in its family's own checkpoint format, with yoloprune's ``section``; an existing
     ``path`` is replaced only with ``overwrite``."""
