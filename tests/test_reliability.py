@@ -76,7 +76,7 @@ CASES = {
     "corrupt checkpoint": (["inspect", "{root}/garbage.pt"], "not a readable PyTorch checkpoint"),
     "text file named .pt": (["inspect", "{root}/notes.pt"], "not a readable PyTorch checkpoint"),
     "checkpoint without a model": (["inspect", "{root}/tensors.pt"], "is not an ultralytics checkpoint"),
-    "not a model file": (["inspect", "{root}/bad.yaml"], "YAML syntax error in"),
+    "not a model file": (["inspect", "{root}/bad.yaml"], "bad.yaml: not a readable model config"),
     "unknown architecture": (["inspect", "yolov99n.yaml"], "no such model config: yolov99n.yaml"),
     "unknown family": (["inspect", "yolov8n.yaml", "--family", "yolov42"], "family 'yolov42' cannot be loaded"),
     "unsupported task": (["inspect", "yolov8s-worldv2.yaml"], "not supported yet"),

@@ -48,8 +48,9 @@ class Point:
 
 def read_point(path: Path) -> Point:
     """A point record this sweep wrote; anything else (a damaged, hand-edited or forged file) is refused by name, in
-    one line that never repeats what the file holds: numbers that are not finite (a latency that is not positive),
-    or an ONNX file outside the sweep folder (``path``'s folder's parent), which would be loaded and timed."""
+    one line that never repeats what the file holds: numbers that are not finite (a latency that is not positive).
+    Its ONNX file is the sweep folder's own (``path``'s folder's parent), named by the target, never a path the
+    record names (which would be loaded and timed), and never a link."""
     gone = f"; delete {path} to compute the point again"
     try:
         if path.stat().st_size > MAX_POINT_BYTES:
@@ -73,14 +74,17 @@ def read_point(path: Path) -> Point:
         )
     if not isinstance(point.onnx, str) or not isinstance(point.checkpoint, str):
         raise ValueError(f"{path} is not a sweep point (its file names are not strings){gone}")
-    folder = path.resolve().parent.parent
-    try:
-        inside = Path(point.onnx).resolve().is_relative_to(folder) if point.onnx else False
-    except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symlink loop
-        inside = False
-    if not inside:
-        raise ValueError(f"{path}: its ONNX file is not inside the sweep folder {folder}; refusing to time it{gone}")
-    return point
+    # the ONNX file a point is timed from is this folder's, named by its target, whatever the record says: a copied
+    # or moved sweep still finds its files, and a forged record cannot send a file from elsewhere to be loaded
+    onnx = path.parent.parent / "models" / onnx_name(point.target)
+    if onnx.is_symlink():
+        raise ValueError(f"{onnx} is a symbolic link; a sweep times only its own files{gone}")
+    return replace(point, onnx=str(onnx))
+
+
+def onnx_name(target: float) -> str:
+    """The file a sweep point's model is exported to, in the sweep's ``models`` folder."""
+    return "unpruned.onnx" if target == 1.0 else f"pruned-{target:.3f}.onnx"
 
 
 def progress(items: Iterable[Any], desc: str) -> Iterator[Any]:
@@ -261,7 +265,7 @@ def sweep(
                 overwrite=True,
                 **(finetune_args or {}),
             )
-        onnx = models_dir / ("unpruned.onnx" if target == 1.0 else f"pruned-{target:.3f}.onnx")
+        onnx = models_dir / onnx_name(target)
         m = measure(checkpoint, data, imgsz, batch=batch, onnx=onnx, threads=threads, runs=runs)
         seconds = time.perf_counter() - start
         point = Point(target, m.macs, m.params, m.map50_95, m.map50, m.latency_ms, str(checkpoint), str(onnx), seconds)
