@@ -14,12 +14,12 @@ import io
 import pickle
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
+from helpers import craft_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,17 +31,6 @@ from yoloprune.io import UntrustedCheckpoint, load_checkpoint, load_data
 from yoloprune.unpickle import SafeUnpickler
 
 EVIL = "__import__('pathlib').Path({mark!r}).touch() or __import__('torch').nn.SiLU()"
-
-
-def _craft(path: Path, data: bytes) -> Path:
-    """A torch zip checkpoint whose pickle is ``data`` (the other records come from a real, empty save)."""
-    base = path.with_suffix(".base")
-    torch.save({}, base)
-    with zipfile.ZipFile(base) as src, zipfile.ZipFile(path, "w") as dst:
-        for name in src.namelist():
-            dst.writestr(name, data if name.endswith("data.pkl") else src.read(name))
-    base.unlink()
-    return path
 
 
 class Call:
@@ -94,7 +83,7 @@ def hostile(tmp_path_factory):
     # 2. a dotted protocol-4 name reaching os through a module the data reader allowed wholesale
     for module in ("torch.storage", "torch._utils", "torch"):
         key = f"dotted {module}"
-        files[key] = _craft(
+        files[key] = craft_checkpoint(
             root / f"{key.replace(' ', '_')}.pt",
             _ops(
                 module,

@@ -9,7 +9,6 @@ import importlib
 import json
 import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import craft_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -45,17 +45,6 @@ def _laughs(levels: int = 30, fan: int = 10) -> list:
     for _ in range(levels):
         value = [value] * fan
     return value
-
-
-def _craft(path: Path, data: bytes) -> Path:
-    """A torch zip checkpoint whose pickle is ``data``."""
-    base = path.with_suffix(".base")
-    torch.save({}, base)
-    with zipfile.ZipFile(base) as src, zipfile.ZipFile(path, "w") as dst:
-        for name in src.namelist():
-            dst.writestr(name, data if name.endswith("data.pkl") else src.read(name))
-    base.unlink()
-    return path
 
 
 def _onnx(path: Path, nodes: list, initializers: list, meta: dict[str, str], out_shape: list[int]) -> Path:
@@ -303,7 +292,7 @@ def test_a_ratio_that_is_not_a_number_says_so(value, got):
 )
 @pytest.mark.parametrize("loader", LOADERS, ids=lambda f: f.__name__)
 def test_odd_opcodes_name_the_file(data, message, loader, tmp_path):
-    path = _craft(tmp_path / "odd.pt", data)
+    path = craft_checkpoint(tmp_path / "odd.pt", data)
     with pytest.raises(ValueError) as err:
         loader(path)
     assert str(err.value).startswith(f"{path} {message}"), err.value
