@@ -229,3 +229,25 @@ def test_fidelity_scores_detections_against_the_references_confident_ones():
     wrong_class = [t.clone() for t in truth]
     wrong_class[0][:, 5] = 1 - wrong_class[0][:, 5]
     assert fidelity_map(truth, wrong_class) == 0.0
+
+
+def test_the_allocation_that_cannot_reach_the_target_leaves_the_choice_to_the_other(trained_like, images, monkeypatch):
+    from yoloprune.pruning.select import UnreachableTarget
+    from yoloprune.workflows import pipeline
+
+    real = pipeline._prune
+
+    def global_unreachable(net, x, settings, *args):
+        if settings.global_ranking:
+            raise UnreachableTarget("cannot reach macs 0.700 of the original", 0.75)
+        return real(net, x, settings, *args)
+
+    monkeypatch.setattr(pipeline, "_prune", global_unreachable)
+    x = torch.zeros(1, 3, IMGSZ, IMGSZ)
+    report = yoloprune.prune(copy.deepcopy(trained_like), x, target_macs=0.7, calib=images[0], calib_images=12)
+    assert report.settings["allocation"]["chosen"] == "uniform" and list(report.settings["allocation"]["fidelity"]) == [
+        "uniform"
+    ]
+    monkeypatch.setattr(pipeline, "_prune", lambda *a: (_ for _ in ()).throw(UnreachableTarget("neither", 0.9)))
+    with pytest.raises(UnreachableTarget, match="neither"):
+        yoloprune.prune(copy.deepcopy(trained_like), x, target_macs=0.7, calib=images[0], calib_images=12)

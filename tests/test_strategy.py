@@ -40,6 +40,15 @@ def test_round_to_makes_every_pruned_width_a_multiple():
     assert abs(report.macs_ratio - 0.5) <= 0.02
 
 
+def test_a_target_between_two_rounded_cuts_lands_under_it():
+    """With round_to 32 a uniform yolov8n cut jumps from 90% of its MACs to 67%: an 80% target lands at the deeper
+    cut with a note (it was refused as unreachable, naming 90% as "the least possible")."""
+    net = from_config("yolov8n.yaml")
+    report = yoloprune.prune(net, torch.zeros(1, 3, 64, 64), target_macs=0.8, importance="l2", round_to=32)
+    assert report.macs_ratio == pytest.approx(0.674, abs=0.005)
+    assert f"macs target 0.800 of this step landed at {report.macs_ratio:.3f} (round_to=32)" in report.notes
+
+
 def test_global_ranking_prunes_unevenly_and_respects_max_ratio():
     model = yolo()
     target = resolve(model)
@@ -149,5 +158,6 @@ def test_per_mac_ranking_charges_each_channel_what_it_saves():
         scores[g.comps] += 0.01 * np.arange(g.channels)  # equal damage in both, channel by channel
     chosen = search(graph, scores, target=0.7, global_ranking=True, max_ratio=0.75, comparable=True)
     lost = {g.id: int(chosen.removed[g.comps].sum()) for g in (first, second)}
-    assert lost == {first.id: 2, second.id: 0}  # a channel of the first saves 12% of the MACs, of the second 4%
+    # a channel of the first saves 12% of the MACs, of the second 4%: two leave 76%, three 64%, under the 70% target
+    assert lost == {first.id: 3, second.id: 0}
     assert chosen.removed[first.comps[:2]].all()

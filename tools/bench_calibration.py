@@ -9,9 +9,10 @@ with pycocotools (any family; YOLOv5/v7 fine-tune in yoloprune's loop, whose per
 - ``calib-l2``: ``l2`` (every group losing the same fraction), then calibrated (``calib=DIR``: least-squares
   reconstruction, statistics when they help);
 - ``uniform``: what ``yoloprune prune --uniform --calib DIR`` does (ranked by refit error, every group losing the
-  same fraction), then calibrated;
-- ``default``: what ``yoloprune prune --calib DIR`` does (``importance=auto``: channels ranked across layers by the
-  error their removal leaves after refitting, per MAC saved; then calibration).
+  same fraction), then calibrated; ``global``: ``--global --calib DIR`` (ranked across layers per MAC saved);
+- ``default``: what ``yoloprune prune --calib DIR`` does (``importance=auto``: channels ranked by the error their
+  removal leaves after refitting; pruned and calibrated both ``global`` and ``uniform``, the one with the better
+  fidelity to the unpruned model on held-out images kept).
 
 The calibration images are the first ``--calib-images`` training images (their labels are never read); evaluation
 uses the validation split, which no variant sees. With ``--finetune-epochs N`` the variants in ``--finetune`` are
@@ -45,12 +46,12 @@ def prune_variant(base, x, variant: str, target: float, calib_dir: Path, images:
 
     kind, _, criterion = variant.partition("-")
     net = copy.deepcopy(base)
-    automatic = kind in ("default", "uniform")
+    automatic = kind in ("default", "uniform", "global")
     options = {"target_macs": target, "round_to": 8, "importance": criterion or ("auto" if automatic else "l2")}
-    if kind in ("calib", "default", "uniform"):
+    if kind in ("calib", "default", "uniform", "global"):
         options.update(calib=str(calib_dir), calib_images=images)
-    if kind == "uniform":  # --uniform --calib: every group loses the same fraction, ranked by refit error
-        options.update(global_ranking=False)
+    if kind in ("uniform", "global"):  # --uniform/--global --calib: one allocation, no choice between them
+        options.update(global_ranking=kind == "global")
     start = time.perf_counter()
     report = yoloprune.prune(net, x, **options)
     if kind == "bn":

@@ -129,6 +129,10 @@ def per_mac(graph: Graph, scores: np.ndarray) -> np.ndarray:
     return out
 
 
+TOLERANCE = 0.02
+"""How far above its goal (a fraction of the unpruned model's MACs, params or milliseconds) a selection may land."""
+
+
 def search(
     graph: Graph,
     scores: np.ndarray,
@@ -159,6 +163,13 @@ def search(
     def value(sel: Selection) -> float:
         return sel.macs if metric == "macs" else sel.params if metric == "params" else measure(sel.removed)
 
+    slack = TOLERANCE * measure(None)
+
+    def closeness(sel: Selection) -> tuple[bool, float]:
+        """Within the tolerance above the goal first (a step of round_to can jump past the goal: land under it
+        rather than refuse), then the nearest."""
+        return value(sel) > goal + slack, abs(value(sel) - goal)
+
     if global_ranking:
         prunable = np.concatenate([g.comps for g in graph.prunable_groups]) if graph.prunable_groups else []
         candidates = np.unique(ranked[prunable]) if len(prunable) else np.zeros(1)
@@ -171,7 +182,7 @@ def search(
                 hi = mid
             else:
                 lo = mid + 1
-            best = min((best, sel), key=lambda s: abs(value(s) - goal))
+            best = min((best, sel), key=closeness)
         return best
     lo, hi = 0.0, max_ratio
     best = pick(0.0)
@@ -182,7 +193,7 @@ def search(
             hi = mid
         else:
             lo = mid
-        best = min((best, sel), key=lambda s: abs(value(s) - goal))
+        best = min((best, sel), key=closeness)
     return best
 
 
@@ -198,13 +209,13 @@ def _check_reached(
     """Refuse a selection more than 2% above its goal; note one that landed more than 2% away."""
     value = _metric(graph, goal.metric, latency)
     got = value(selection.removed) / max(value(None), 1e-12)
-    if got > goal.fraction + 0.02:
+    if got > goal.fraction + TOLERANCE:
         raise UnreachableTarget(
             f"cannot reach {goal.metric} {goal.fraction:.3f} of the original: {got:.3f} is the least "
             f"possible with max_ratio {max_ratio} and the frozen layers; raise the target or --max-ratio",
             got,
         )
-    if abs(got - goal.fraction) > 0.02:
+    if abs(got - goal.fraction) > TOLERANCE:
         notes.append(f"{goal.metric} target {goal.fraction:.3f} of this step landed at {got:.3f} (round_to={round_to})")
 
 

@@ -364,15 +364,29 @@ def _prune_best_allocation(
     original = copy.deepcopy(model)
     truth = detections(original, scoring, CONFIDENT, family)
     scores: dict[Any, Any] = {}
-    tried = []
+    tried, refused = [], []
     for name, ranking in ALLOCATIONS.items():
         net, results = copy.deepcopy(original), []
         chosen = replace(settings, global_ranking=ranking)
-        report = _prune(
-            net, example_inputs, chosen, taylor_loss, None, policies, batches, _calibrating(batches, results), scores
-        )
+        try:
+            report = _prune(
+                net,
+                example_inputs,
+                chosen,
+                taylor_loss,
+                None,
+                policies,
+                batches,
+                _calibrating(batches, results),
+                scores,
+            )
+        except UnreachableTarget as exc:  # a target one allocation cannot reach: the other may
+            refused.append(exc)
+            continue
         score = fidelity_map(truth, detections(net, scoring, 0.001, family))
         tried.append((score, name, net, report, results))
+    if not tried:
+        raise refused[0]
     score, name, net, report, results = max(tried, key=lambda t: t[0])  # ties: the first (global)
     training = model.training
     model.__dict__.update(net.__dict__)  # the caller's model becomes the chosen copy (its modules, pruned)
