@@ -80,13 +80,14 @@ def test_finetune_runs_no_download_script(model, dataset, tmp_path, elsewhere, f
     assert "download" not in handed and Path(handed["path"]).is_absolute()
 
 
-def test_sweep_fine_tuning_runs_no_download_script(model, dataset, tmp_path, elsewhere):
+def test_sweep_fine_tuning_runs_no_download_script(model, dataset, tmp_path, elsewhere, capsys):
     marker = tmp_path / "ran"
     data = _hostile(dataset, tmp_path, _python_payload(marker))
     argv = ["sweep", str(model), "--data", str(data), "-o", str(tmp_path / "sw"), "--targets", "0.6"]
     argv += ["--finetune-epochs", "1", "--imgsz", "64", "--batch", "4", "--runs", "1", "--threads", "1"]
     assert main([*argv, *TRAIN]) == 0
     assert not marker.exists()
+    assert "yoloprune: note: no --calib: every point is ranked by weight magnitude (l2)" in capsys.readouterr().err
 
 
 def test_a_recipe_that_fine_tunes_runs_no_download_script(model, dataset, tmp_path, elsewhere):
