@@ -79,10 +79,12 @@ def prune(
     removal leaves after calibration; "l2", "l1", "bn", "taylor" with ``taylor_loss`` or a labelled ultralytics
     ``data`` yaml, "random", or a callable ``(model, graph) -> scores``), combining a group's members with
     ``aggregate`` (``normalize_layers`` first divides each member by its mean); ``global_ranking`` compares
-    channels across groups, each group losing at most ``max_ratio``: "recon" scores per MAC saved (the default with
-    ``calib``: fragile layers lose less), other scores normalised by their group's mean; False prunes every group by
-    the same fraction (the default without ``calib``). ``cost="latency"`` ranks globally by importance lost per
-    millisecond saved instead, from a latency table of the model's convolutions timed with onnxruntime on this
+    channels across groups, each group losing at most ``max_ratio``: "recon" scores per MAC saved (fragile layers
+    lose less), other scores normalised by their group's mean; False prunes every group by the same fraction (the
+    default without ``calib``). With ``calib``, "recon" scores and ``global_ranking`` left None, a one-step prune
+    without a latency cost is made both ways and the way whose detections on held-out images agree better with the
+    unpruned model's is kept (``report.settings["allocation"]``). ``cost="latency"`` ranks globally by importance
+    lost per millisecond saved instead, from a latency table of the model's convolutions timed with onnxruntime on this
     machine (cached per machine and thread count; the default for a latency target with ``calib``: without it, a
     latency target is met as a MACs target is, ``options.default_cost``). ``round_to`` keeps every
     pruned group's channel count a multiple of N. ``steps`` > 1 prunes toward the target in that many steps, calling
