@@ -196,6 +196,35 @@ def test_a_folder_of_images_means_distillation(pair, data, tmp_path):
         finetune(pruned, images, epochs=1, imgsz=64, batch=4, workers=0, out=tmp_path / "none")
 
 
+def test_a_distillation_that_goes_wrong_hands_back_the_start(pair, data, tmp_path, monkeypatch, capsys):
+    """Without labels the start and every epoch are scored by fidelity to the teacher; an epoch that wrecks the
+    weights (here: all zero, as lr 1e-3 did to a real YOLOv5n) never becomes best.pt."""
+    from yoloprune.evaluate import fidelity
+    from yoloprune.train import loop
+
+    teacher, pruned, _ = pair
+    real = loop.distill
+
+    def wrecking(student, *args, on_epoch_end=None, **kwargs):
+        result = real(student, *args, on_epoch_end=None, **kwargs)
+        with torch.no_grad():
+            for p in student.parameters():
+                p.zero_()
+        on_epoch_end(1)
+        return result
+
+    monkeypatch.setattr(loop, "distill", wrecking)
+    scores = [0.6, 0.1]  # random test weights detect nothing confidently: the scores the two checks would give
+    monkeypatch.setattr(fidelity, "fidelity_map", lambda truth, found: scores.pop(0))
+    images = data.parent / "images" / "train"
+    result = finetune(pruned, images, epochs=1, teacher=teacher, imgsz=64, batch=4, workers=0, out=tmp_path / "d")
+    printed = capsys.readouterr().out
+    assert "start: fidelity to the teacher 0.6000" in printed and "epoch 1/1: fidelity to the teacher 0.1000" in printed
+    kept = torch.load(result.best, weights_only=False)
+    assert kept["yoloprune"]["distill"]["epoch"] == 0 and kept["yoloprune"]["fidelity"] == 0.6
+    assert any(bool(p.abs().sum()) for p in kept["model"].parameters())
+
+
 def test_distillation_loop_on_unlabelled_images(data):
     import copy
 

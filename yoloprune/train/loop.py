@@ -89,8 +89,10 @@ def distill(
     workers: int = 0,
     seed: int = 0,
     family: str | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> DistillResult:
-    """Train ``student`` (in place) to match ``teacher``'s decoded predictions on the images in ``images``."""
+    """Train ``student`` (in place) to match ``teacher``'s decoded predictions on the images in ``images``; rank 0
+    calls ``on_epoch_end(epoch)`` after every epoch."""
     from yoloprune.adapters import adapter as family_adapter
     from yoloprune.adapters import resolve
 
@@ -136,6 +138,8 @@ def distill(
             step, loss_value = step + 1, float(loss.detach())
             if step >= total:
                 break
+        if on_epoch_end is not None and _world()[0] == 0:
+            on_epoch_end(epoch + 1)
         if step >= total:
             break
     for p in net.parameters():

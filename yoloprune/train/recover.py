@@ -449,9 +449,15 @@ def _check_distillation(images: str | Path, teacher: Any, resume: bool) -> None:
 def _distill(
     model: Any, images: Path, out: Path, *, teacher: Any, start: float, seed: int, **settings: Any
 ) -> FinetuneResult:
-    """Any family, unlabelled images: ``loop.distill`` (the student learns the teacher's decoded predictions). Writes
-    ``out/weights/best.pt`` in the model's family format; it is also the result's ``last``."""
-    from yoloprune.adapters import load_model, save_model
+    """Any family, unlabelled images: ``loop.distill`` (the student learns the teacher's decoded predictions). The
+    start and every epoch are scored by fidelity to the teacher (``evaluate.fidelity``) on up to ``SCORED`` of the
+    images, and ``out/weights/best.pt`` (the family's format; also the result's ``last``) is the best of them, the
+    start included: with no labels to validate on, this is what keeps a distillation that goes wrong (on a
+    calibrated COCO YOLOv5n, lr 1e-3 took mAP50-95 from 0.078 to 0.000) from handing back a worse model."""
+    from yoloprune.adapters import adapter, load_model, save_model
+    from yoloprune.evaluate.fidelity import CONFIDENT, detections, fidelity_map
+    from yoloprune.images import list_images
+    from yoloprune.pruning.calibrate import image_batches
     from yoloprune.train.loop import distill
 
     loaded = _own_copy(model)
@@ -460,6 +466,21 @@ def _distill(
     kept = {k: v for k, v in settings.items() if k not in ("device", "workers")}
     record = {"family": loaded.family, "images": str(images), "teacher": _recorded(teacher), "settings": kept}
     save_atomic_json(out / SETTINGS_FILE, record)
+    spec = adapter(loaded.family).PREPROCESS
+    scoring = image_batches(list_images(images)[-SCORED:], settings["imgsz"], spec)
+    truth = detections(reference, scoring, CONFIDENT, loaded.family)
+    best, board = out / "weights" / "best.pt", {}
+
+    def keep_best(epoch: int) -> None:
+        score = fidelity_map(truth, detections(loaded.model, scoring, 0.001, loaded.family))
+        board[epoch] = score
+        shown = f"epoch {epoch}/{settings['epochs']}" if epoch else "start"
+        print(f"{shown}: fidelity to the teacher {score:.4f}", flush=True)
+        if epoch == 0 or score > max(v for k, v in board.items() if k != epoch):  # ties keep the earlier
+            section = {"distill": {"teacher": _recorded(teacher), "epochs": settings["epochs"], "epoch": epoch}}
+            save_model(loaded, best, {**section, "fidelity": score}, overwrite=True)
+
+    keep_best(0)
     result = distill(
         loaded.model,
         reference,
@@ -472,10 +493,13 @@ def _distill(
         workers=settings["workers"],
         seed=seed,
         family=loaded.family,
+        on_epoch_end=keep_best,
     )
-    section = {"distill": {"teacher": _recorded(teacher), "epochs": settings["epochs"]}}
-    best = save_model(loaded, out / "weights" / "best.pt", section, overwrite=True)
     return _loop_result(best, best, result, start, loaded.model)
+
+
+SCORED = 32
+"""The images of a distillation folder (its last ones) on which the start and every epoch are scored."""
 
 
 def _family(model: Any) -> str:
