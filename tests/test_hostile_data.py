@@ -87,7 +87,7 @@ def test_sweep_fine_tuning_runs_no_download_script(model, dataset, tmp_path, els
     argv += ["--finetune-epochs", "1", "--imgsz", "64", "--batch", "4", "--runs", "1", "--threads", "1"]
     assert main([*argv, *TRAIN]) == 0
     assert not marker.exists()
-    assert "yoloprune: note: no --calib: every point is ranked by weight magnitude (l2)" in capsys.readouterr().err
+    assert "\nnote: no --calib: every point was ranked by weight magnitude (l2)" in capsys.readouterr().out
 
 
 def test_a_recipe_that_fine_tunes_runs_no_download_script(model, dataset, tmp_path, elsewhere):

@@ -288,12 +288,6 @@ def _sweep(args: argparse.Namespace) -> int:
     targets = parse_fractions(args.targets, "--targets")
     settings = _settings(args.train_set)
     _size_for(args)
-    if args.importance == "auto" and not args.calib:
-        print(
-            "yoloprune: note: no --calib: every point is ranked by weight magnitude (l2) and not calibrated; a trained "
-            "model keeps far more with --calib DIR (unlabelled images, e.g. the data's train images)",
-            file=sys.stderr,
-        )
     with folder_lock(args.output):
         points = sweep(
             args.model,
@@ -318,6 +312,11 @@ def _sweep(args: argparse.Namespace) -> int:
         )
     print((Path(args.output) / "report.md").read_text())
     print(f"wrote {len(points)} points to {args.output} (results.csv, results.json, pareto.png, report.md)")
+    if args.importance == "auto" and not args.calib:
+        print(
+            "note: no --calib: every point was ranked by weight magnitude (l2) and not calibrated; a trained model "
+            "keeps far more with --calib DIR (unlabelled images, e.g. the data's train images)"
+        )
     return 0
 
 
